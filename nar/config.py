@@ -1,0 +1,164 @@
+"""Configuration dataclasses and the named model sizes.
+
+Every model in the project is built from one of these configs, and every checkpoint we write
+stores its config as JSON in the safetensors metadata, so a file is enough to rebuild its model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+ModelKind = Literal["nar", "raster"]
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    """Build a dataclass from a dict, naming any key the dataclass does not know."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}")
+    return cls(**data)
+
+
+@dataclass
+class ModelConfig:
+    """A LlamaGen-style class-conditional transformer over an n x n token grid.
+
+    kind="nar" adds `extra_blocks` blocks and the "below" head (the dimension-oriented heads of
+    NAR) and trains with the proximity mask; kind="raster" is plain next-token LlamaGen.
+    """
+    kind: str = "nar"
+    dim: int = 256
+    n_layer: int = 6
+    n_head: int = 8
+    n_kv_head: Optional[int] = None
+    multiple_of: int = 256           # SwiGLU hidden size is rounded up to this
+    ffn_dim_multiplier: Optional[float] = None
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    token_dropout_p: float = 0.1
+    attn_dropout_p: float = 0.0
+    resid_dropout_p: float = 0.1
+    ffn_dropout_p: float = 0.1
+    num_classes: int = 1000
+    class_dropout_prob: float = 0.1  # labels dropped to the null class in training (for CFG)
+    vocab_size: int = 16384
+    grid_size: int = 16              # tokens per side: block_size = grid_size ** 2
+    cls_token_num: int = 1
+    extra_blocks: int = 1            # NAR's extra block feeding the "below" head
+
+    def __post_init__(self):
+        if self.kind not in ("nar", "raster"):
+            raise ValueError(f"model kind must be 'nar' or 'raster', not {self.kind!r}")
+        if self.dim % self.n_head:
+            raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
+        if (self.dim // self.n_head) % 4:
+            raise ValueError("head_dim must be divisible by 4 for 2-D RoPE")
+        if self.cls_token_num != 1:
+            raise ValueError("only class-conditional models with one prefix token are supported")
+
+    @property
+    def block_size(self) -> int:
+        return self.grid_size * self.grid_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def n_blocks(self) -> int:
+        """Blocks actually built: the raster model has none of NAR's extra blocks."""
+        return self.n_layer + (self.extra_blocks if self.kind == "nar" else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        return _from_dict(cls, data)
+
+
+# (n_layer, dim, n_head) of the paper's sizes and of small sizes that train on a CPU.
+MODEL_SIZES: dict[str, tuple[int, int, int]] = {
+    "GPT-B": (12, 768, 12),
+    "GPT-M": (18, 1024, 16),
+    "GPT-L": (24, 1024, 16),
+    "GPT-XL": (36, 1280, 20),
+    "GPT-XXL": (48, 1536, 24),
+    "GPT-S": (6, 256, 8),      # CPU size of the bundled models
+    "GPT-XS": (4, 192, 6),
+    "GPT-tiny": (2, 64, 4),    # tests
+}
+
+
+def model_config(size: str, **overrides) -> ModelConfig:
+    """ModelConfig for a named size, e.g. model_config("GPT-L", kind="raster")."""
+    try:
+        n_layer, dim, n_head = MODEL_SIZES[size]
+    except KeyError:
+        raise ValueError(f"unknown model size {size!r}; choose from {sorted(MODEL_SIZES)}") from None
+    return ModelConfig(n_layer=n_layer, dim=dim, n_head=n_head, **overrides)
+
+
+@dataclass
+class VQConfig:
+    """LlamaGen VQ-16 architecture, configurable: downsample = 2 ** (len(ch_mult) - 1)."""
+    codebook_size: int = 16384
+    codebook_embed_dim: int = 8
+    codebook_l2_norm: bool = True
+    codebook_show_usage: bool = True
+    commit_loss_beta: float = 0.25
+    entropy_loss_ratio: float = 0.0
+    encoder_ch_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4])
+    decoder_ch_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4])
+    z_channels: int = 256
+    base_channels: int = 128
+    num_res_blocks: int = 2
+    dropout_p: float = 0.0
+    image_size: int = 256
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.encoder_ch_mult) - 1)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.downsample
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VQConfig":
+        return _from_dict(cls, data)
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling options shared by every decoding order (reference c2i defaults)."""
+    cfg_scale: float = 4.0
+    cfg_interval: int = -1      # guidance is switched off once more tokens than this are decoded; -1 never
+    temperature: float = 1.0
+    top_k: int = 2000           # 0 disables
+    top_p: float = 1.0          # 1.0 disables
+    seed: int = 0
+
+    def validate(self) -> "SamplingConfig":
+        problems = []
+        if not (0.0 <= self.cfg_scale <= 50.0):
+            problems.append(f"cfg_scale must be in [0, 50], got {self.cfg_scale}")
+        if self.cfg_interval < -1:
+            problems.append(f"cfg_interval must be -1 (always) or >= 0, got {self.cfg_interval}")
+        if not (0.0 < self.temperature <= 10.0):
+            problems.append(f"temperature must be in (0, 10], got {self.temperature}")
+        if self.top_k < 0:
+            problems.append(f"top_k must be >= 0, got {self.top_k}")
+        if not (0.0 < self.top_p <= 1.0):
+            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if not (0 <= self.seed < 2 ** 63):
+            problems.append(f"seed must be in [0, 2**63), got {self.seed}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

@@ -1,0 +1,215 @@
+"""The one decoding engine: a model kind + a schedule -> forward passes with a KV cache.
+
+A schedule (nar/schedules.py) only lists which grid positions are decoded at each step. This
+module compiles it, once per (model kind, schedule), into a `DecodePlan`: for every step, the
+tokens to feed (those decoded at the previous step, in raster order), where their keys and
+values go in the cache, the attention mask of each fed token, and how the logits of the step's
+targets are read off the heads.
+
+How a target's logits are formed depends on the model kind:
+  * nar:    mean of the "right" head at (h, w-1) and the "below" head at (h-1, w) (either alone
+            on the first row / column; both heads of the class token for (0, 0));
+  * raster: the "right" (only) head at the raster predecessor p - 1 (the class token for p = 0).
+
+A fed token at sequence position q attends key k when the model's training order allows it
+(causal for raster, proximity for NAR) and k was fed no later than q. For NAR and raster with
+their own schedules this is exactly the training mask. If a step needs a predictor that is not
+fed at that step (ZipAR starting a row while the row above is unfinished) the plan adds a
+*probe*: a query at the predictor's position, fed with its token if decoded or else a stand-in
+token (schedules.stand_in_position), written to a scratch slot that only the probe itself sees.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Iterator, Optional
+
+import torch
+
+from .config import SamplingConfig
+from .model import Transformer, may_attend
+from .sampling import cfg_combine, sample
+from .schedules import Schedule, stand_in_position
+
+CLASS_TOKEN = -1  # token_src value meaning "the class embedding"
+
+
+@dataclass
+class StepPlan:
+    seq_pos: torch.Tensor      # [T] sequence positions of the inputs (0 = class token)
+    token_src: torch.Tensor    # [T] grid position whose token is fed, CLASS_TOKEN for the class
+    slots: torch.Tensor        # [T] cache slots the inputs' keys/values are written to
+    mask: torch.Tensor         # [T, cache_len] bool: may input i attend slot j
+    targets: torch.Tensor      # [Q] grid positions decoded at this step
+    right_idx: torch.Tensor    # [Q] input whose right head predicts the target
+    right_w: torch.Tensor      # [Q] its weight (0 when unused)
+    below_idx: torch.Tensor    # [Q] same for the below head
+    below_w: torch.Tensor
+
+    def to(self, device) -> "StepPlan":
+        return StepPlan(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+
+@dataclass
+class DecodePlan:
+    kind: str
+    schedule: Schedule
+    cache_len: int
+    steps: list[StepPlan]
+
+    def to(self, device) -> "DecodePlan":
+        return DecodePlan(self.kind, self.schedule, self.cache_len, [s.to(device) for s in self.steps])
+
+
+def predictors(kind: str, n: int, p: int) -> list[tuple[int, str]]:
+    """(sequence position, head) pairs whose logits are averaged to predict grid position p."""
+    h, w = divmod(p, n)
+    if kind == "raster":
+        return [(p, "right")]  # sequence position p holds grid token p - 1 (or the class token)
+    if p == 0:
+        return [(0, "right"), (0, "below")]
+    out = []
+    if w > 0:
+        out.append((1 + p - 1, "right"))
+    if h > 0:
+        out.append((1 + p - n, "below"))
+    return out
+
+
+@lru_cache(maxsize=64)
+def compile_plan(kind: str, schedule: Schedule) -> DecodePlan:
+    schedule.validate()
+    n, N = schedule.grid_size, schedule.num_tokens
+    step_of = schedule.step_of()
+    allowed = may_attend(kind, n)
+    cache_len = 1 + N + 2 * max(len(s) for s in schedule.steps)  # room for the probes
+    fed_step = torch.full((1 + N,), len(schedule.steps))  # sequence position -> step fed
+    steps = []
+    for t, targets in enumerate(schedule.steps):
+        if t == 0:
+            inputs = [(0, CLASS_TOKEN, 0)]                     # (seq_pos, token_src, slot)
+        else:
+            inputs = [(1 + p, p, 1 + p) for p in sorted(schedule.steps[t - 1])]
+        for q, _, _ in inputs:
+            fed_step[q] = t
+        index = {q: i for i, (q, _, _) in enumerate(inputs)}
+        probes = 0
+        right, below = [], []
+        for p in targets:
+            preds = predictors(kind, n, p)
+            picks = {"right": (0, 0.0), "below": (0, 0.0)}
+            for q, head in preds:
+                if q not in index:
+                    src = q - 1 if step_of[q - 1] < t else stand_in_position(schedule, q - 1, t)
+                    index[q] = len(inputs)
+                    inputs.append((q, src, 1 + N + probes))
+                    probes += 1
+                picks[head] = (index[q], 1.0 / len(preds))
+            right.append(picks["right"])
+            below.append(picks["below"])
+        mask = torch.zeros(len(inputs), cache_len, dtype=torch.bool)
+        for i, (q, _, slot) in enumerate(inputs):
+            mask[i, : 1 + N] = allowed[q] & (fed_step <= t)
+            if slot > N:            # a probe replaces any earlier copy of itself and sees only
+                mask[i, q] = False  # its own scratch slot, never another probe
+                mask[i, slot] = True
+        steps.append(StepPlan(
+            seq_pos=torch.tensor([q for q, _, _ in inputs]),
+            token_src=torch.tensor([s for _, s, _ in inputs]),
+            slots=torch.tensor([s for _, _, s in inputs]),
+            mask=mask,
+            targets=torch.tensor(targets),
+            right_idx=torch.tensor([i for i, _ in right]),
+            right_w=torch.tensor([w for _, w in right]),
+            below_idx=torch.tensor([i for i, _ in below]),
+            below_w=torch.tensor([w for _, w in below]),
+        ))
+    return DecodePlan(kind, schedule, cache_len, steps)
+
+
+@lru_cache(maxsize=64)
+def _plan_on(kind: str, schedule: Schedule, device: str) -> DecodePlan:
+    return compile_plan(kind, schedule).to(device)
+
+
+@dataclass
+class StepRecord:
+    """What one decoding step did, reported as it happens."""
+    step: int                      # 0-based
+    num_steps: int
+    positions: torch.Tensor        # [Q] grid positions decoded at this step (raster indices)
+    tokens: torch.Tensor           # [B, Q] their tokens
+    grid: torch.Tensor             # [B, n*n] all tokens so far, -1 where not decoded yet (live)
+    elapsed: float                 # seconds since the decode started
+    logits: Optional[torch.Tensor] = None  # [B, Q, V] the logits sampled from, if asked for
+
+
+def check_request(model: Transformer, schedule: Schedule, class_ids: torch.Tensor,
+                  sampling: SamplingConfig) -> None:
+    cfg = model.config
+    sampling.validate()
+    if schedule.grid_size != cfg.grid_size:
+        raise ValueError(f"schedule is for a {schedule.grid_size}x{schedule.grid_size} grid, "
+                         f"the model for {cfg.grid_size}x{cfg.grid_size}")
+    if class_ids.ndim != 1 or class_ids.numel() == 0:
+        raise ValueError("class_ids must be a non-empty 1-D tensor")
+    if int(class_ids.min()) < 0 or int(class_ids.max()) >= cfg.num_classes:
+        raise ValueError(f"class ids must be in [0, {cfg.num_classes - 1}]")
+
+
+@torch.inference_mode()
+def decode_steps(model: Transformer, schedule: Schedule, class_ids: torch.Tensor,
+                 sampling: SamplingConfig = SamplingConfig(), *, sync: bool = True,
+                 record_logits: bool = False) -> Iterator[StepRecord]:
+    """Decode a batch of images step by step, yielding a StepRecord after every step.
+
+    sync=True waits for the device at each step so `elapsed` is true wall-clock time (what a
+    UI shows); a benchmark that only needs the end result passes sync=False.
+    """
+    check_request(model, schedule, class_ids, sampling)
+    weight = model.tok_embeddings.weight
+    device = weight.device
+    plan = _plan_on(model.config.kind, schedule, str(device))
+    batch = class_ids.shape[0]
+    class_ids = class_ids.to(device)
+    guided = sampling.cfg_scale > 1.0
+    labels = torch.cat([class_ids, torch.full_like(class_ids, model.config.num_classes)]) \
+        if guided else class_ids
+    caches = model.new_caches(labels.shape[0], plan.cache_len)
+    grid = torch.full((batch, schedule.num_tokens), -1, dtype=torch.long, device=device)
+    seeds = sampling.seed + torch.arange(batch, device=device)
+    decoded = 0
+    start = time.perf_counter()
+    for t, sp in enumerate(plan.steps):
+        if t == 0:
+            x = model.embed_class(labels)
+        else:
+            x = model.embed_tokens(grid[:, sp.token_src].repeat(labels.shape[0] // batch, 1))
+        feats = model.features(x, sp.seq_pos, sp.mask, caches, sp.slots)
+        logits = model.logits_right(feats.right[:, sp.right_idx]) * sp.right_w[:, None]
+        if feats.below is not None:
+            logits = logits + model.logits_below(feats.below[:, sp.below_idx]) * sp.below_w[:, None]
+        if guided:
+            if sampling.cfg_interval < 0 or decoded <= sampling.cfg_interval:
+                logits = cfg_combine(logits, sampling.cfg_scale)
+            else:
+                logits = logits[:batch]
+        tokens = sample(logits, seeds, sp.targets, sampling.temperature, sampling.top_k, sampling.top_p)
+        grid[:, sp.targets] = tokens
+        decoded += sp.targets.numel()
+        if sync and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        yield StepRecord(step=t, num_steps=len(plan.steps), positions=sp.targets, tokens=tokens,
+                         grid=grid, elapsed=time.perf_counter() - start,
+                         logits=logits if record_logits else None)
+
+
+def generate(model: Transformer, schedule: Schedule, class_ids: torch.Tensor,
+             sampling: SamplingConfig = SamplingConfig()) -> torch.Tensor:
+    """Decode to the end; returns the token grids [B, n, n]."""
+    record = None
+    for record in decode_steps(model, schedule, class_ids, sampling, sync=False):
+        pass
+    n = schedule.grid_size
+    return record.grid.view(-1, n, n)

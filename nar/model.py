@@ -1,0 +1,304 @@
+"""The class-conditional transformer (LlamaGen's GPT) in its two kinds: NAR and raster.
+
+Parameter names follow the official NAR / LlamaGen checkpoints (tok_embeddings,
+layers.{i}.attention.wqkv, ..., norm, output, medusa_norm, medusa_output) so their state dicts
+load unchanged.
+
+The sequence is always [class token, grid tokens in raster order]; sequence position 0 is the
+class token and position 1 + h * n + w is grid token (h, w). Only the attention mask encodes the
+decoding order: `training_mask(kind)` is the proximity mask for NAR and the causal mask for
+raster. KV caches live outside the model (see `KVCache`), so one model can serve several
+decodes at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+
+def find_multiple(n: int, k: int) -> int:
+    return n if n % k == 0 else n + k - (n % k)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return out.type_as(x) * self.weight
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = int(2 * 4 * cfg.dim / 3)
+        if cfg.ffn_dim_multiplier is not None:
+            hidden = int(cfg.ffn_dim_multiplier * hidden)
+        hidden = find_multiple(hidden, cfg.multiple_of)
+        self.w1 = nn.Linear(cfg.dim, hidden, bias=False)
+        self.w3 = nn.Linear(cfg.dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, cfg.dim, bias=False)
+        self.ffn_dropout = nn.Dropout(cfg.ffn_dropout_p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class KVCache:
+    """Keys and values of one attention layer for a whole decode: [B, n_kv_head, length, head_dim].
+
+    Entries are written in place at explicit slots; which slots a query may read is decided by
+    the attention mask, so unwritten slots are never attended.
+    """
+
+    def __init__(self, batch: int, n_kv_head: int, length: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        shape = (batch, n_kv_head, length, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        self.k.index_copy_(2, slots, k)
+        self.v.index_copy_(2, slots, v)
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.n_kv_head = cfg.n_kv_head or cfg.n_head
+        self.head_dim = cfg.head_dim
+        self.dim = cfg.dim
+        kv_dim = self.n_kv_head * self.head_dim
+        self.wqkv = nn.Linear(cfg.dim, cfg.dim + 2 * kv_dim, bias=False)
+        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.attn_dropout_p = cfg.attn_dropout_p
+        self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor,
+                cache: Optional[KVCache] = None, slots: Optional[torch.Tensor] = None):
+        bsz, seqlen, _ = x.shape
+        kv_dim = self.n_kv_head * self.head_dim
+        q, k, v = self.wqkv(x).split([self.dim, kv_dim, kv_dim], dim=-1)
+        q = apply_rope(q.view(bsz, seqlen, self.n_head, self.head_dim), rope).transpose(1, 2)
+        k = apply_rope(k.view(bsz, seqlen, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
+        v = v.view(bsz, seqlen, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(slots, k, v)
+        if self.n_kv_head != self.n_head:
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout_p if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(bsz, seqlen, self.dim)
+        return self.resid_dropout(self.wo(out))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+
+    def forward(self, x, rope, mask, cache=None, slots=None):
+        h = x + self.attention(self.attention_norm(x), rope, mask, cache, slots)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding with one extra row, the null class used for classifier-free guidance."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+        self.num_classes = num_classes
+
+    def forward(self, labels: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
+        if drop_prob > 0:
+            drop = torch.rand(labels.shape[0], device=labels.device) < drop_prob
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels).unsqueeze(1)
+
+
+@dataclass
+class Features:
+    """Hidden states after block n_layer-1 (feeds the "right" head) and after the last block
+    (feeds NAR's "below" head; None for the raster kind)."""
+    right: torch.Tensor
+    below: Optional[torch.Tensor]
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.cls_embedding = LabelEmbedder(cfg.num_classes, cfg.dim)
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.tok_dropout = nn.Dropout(cfg.token_dropout_p)
+        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_blocks))
+        self.norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.kind == "nar":
+            self.medusa_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+            self.medusa_output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        # Indexed by sequence position; not a parameter, so not saved with the weights.
+        self.register_buffer("rope", rope_table_2d(cfg.grid_size, cfg.head_dim, cfg.rope_base),
+                             persistent=False)
+        self.register_buffer("train_mask", training_mask(cfg.kind, cfg.grid_size), persistent=False)
+        self.apply(self._init_weights)
+        nn.init.zeros_(self.output.weight)  # as LlamaGen: start from uniform predictions
+
+    def _init_weights(self, module: nn.Module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    @property
+    def has_below_head(self) -> bool:
+        return self.config.kind == "nar"
+
+    # -- the shared trunk -------------------------------------------------------------------
+    def features(self, x: torch.Tensor, seq_pos: torch.Tensor, mask: torch.Tensor,
+                 caches: Optional[list[KVCache]] = None,
+                 slots: Optional[torch.Tensor] = None) -> Features:
+        """Run the blocks on embeddings x [B, T, dim] at sequence positions seq_pos [T].
+
+        mask [T, K] (or broadcastable to [B, H, T, K]) is True where a query may attend a key;
+        keys are the T inputs themselves, or with caches, the cache slots after writing the
+        inputs at `slots`.
+        """
+        rope = self.rope[seq_pos]
+        h = self.tok_dropout(x)
+        right = None
+        n_layer = self.config.n_layer
+        for i, layer in enumerate(self.layers):
+            h = layer(h, rope, mask, caches[i] if caches is not None else None, slots)
+            if i == n_layer - 1:
+                right = h
+        return Features(right=right, below=h if self.has_below_head else None)
+
+    def logits_right(self, h: torch.Tensor) -> torch.Tensor:
+        return self.output(self.norm(h)).float()
+
+    def logits_below(self, h: torch.Tensor) -> torch.Tensor:
+        return self.medusa_output(self.medusa_norm(h)).float()
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tok_embeddings(tokens)
+
+    def embed_class(self, class_ids: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
+        return self.cls_embedding(class_ids, drop_prob)
+
+    def new_caches(self, batch: int, length: int, device=None, dtype=None) -> list[KVCache]:
+        cfg = self.config
+        weight = self.tok_embeddings.weight
+        return [KVCache(batch, cfg.n_kv_head or cfg.n_head, length, cfg.head_dim,
+                        dtype or weight.dtype, device or weight.device)
+                for _ in range(cfg.n_blocks)]
+
+    # -- training / full forward ------------------------------------------------------------
+    def forward(self, class_ids: torch.Tensor, tokens: torch.Tensor,
+                targets: Optional[torch.Tensor] = None):
+        """Teacher-forced forward over [class, all n*n tokens] with the kind's training mask.
+
+        Returns logits [B, n*n, vocab] where row p predicts grid token p (assembled from the
+        two heads for NAR, shifted by one for raster) and the mean cross-entropy if targets
+        are given. Class labels are dropped to the null class with class_dropout_prob while
+        training.
+        """
+        cfg = self.config
+        drop = cfg.class_dropout_prob if self.training else 0.0
+        x = torch.cat([self.embed_class(class_ids, drop), self.embed_tokens(tokens)], dim=1)
+        seq_pos = torch.arange(x.shape[1], device=x.device)
+        feats = self.features(x, seq_pos, self.train_mask)
+        logits = self.assemble_training_logits(feats)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return logits, loss
+
+    def assemble_training_logits(self, feats: Features) -> torch.Tensor:
+        n = self.config.grid_size
+        R = self.logits_right(feats.right)  # [B, 1 + n*n, V]; row 0 is the class token
+        if not self.has_below_head:
+            return R[:, :-1]  # output at sequence position p predicts grid token p
+        B = self.logits_below(feats.below)
+        bsz, _, vocab = R.shape
+        R_grid = R[:, 1:].reshape(bsz, n, n, vocab)
+        B_grid = B[:, 1:].reshape(bsz, n, n, vocab)
+        logits = torch.empty_like(R_grid)
+        logits[:, 0, 0] = (R[:, 0] + B[:, 0]) / 2           # (0,0) from the class token
+        logits[:, 0, 1:] = R_grid[:, 0, :-1]                 # first row: from the left only
+        logits[:, 1:, 0] = B_grid[:, :-1, 0]                 # first column: from above only
+        logits[:, 1:, 1:] = (R_grid[:, 1:, :-1] + B_grid[:, :-1, 1:]) / 2
+        return logits.reshape(bsz, n * n, vocab)
+
+
+# -- masks ----------------------------------------------------------------------------------
+def grid_distance(grid_size: int) -> torch.Tensor:
+    """Manhattan distance h + w of each grid position, in raster order."""
+    idx = torch.arange(grid_size * grid_size)
+    return idx // grid_size + idx % grid_size
+
+
+def may_attend(kind: str, grid_size: int) -> torch.Tensor:
+    """[1+N, 1+N] bool: may sequence position q attend sequence position k under the kind's
+    training order? Raster: k <= q. NAR (proximity): everything attends the class token, and
+    a token at distance d attends all tokens at distance <= d, its own diagonal included."""
+    n_seq = 1 + grid_size * grid_size
+    if kind == "raster":
+        return torch.ones(n_seq, n_seq, dtype=torch.bool).tril()
+    if kind != "nar":
+        raise ValueError(f"unknown model kind {kind!r}")
+    dist = grid_distance(grid_size)
+    allowed = torch.zeros(n_seq, n_seq, dtype=torch.bool)
+    allowed[:, 0] = True
+    allowed[1:, 1:] = dist[None, :] <= dist[:, None]
+    return allowed
+
+
+def training_mask(kind: str, grid_size: int) -> torch.Tensor:
+    return may_attend(kind, grid_size)
+
+
+# -- 2-D rotary position embedding ----------------------------------------------------------
+def rope_table_2d(grid_size: int, head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """[1 + n*n, head_dim // 2, 2] (cos, sin) per sequence position.
+
+    Half of the rotated pairs turn with the row index, half with the column index. The class
+    token's row is all zeros, exactly as in the official code (it zeroes the class token's
+    queries and keys, which official checkpoints were trained with).
+    """
+    half = head_dim // 2
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))
+    angles = torch.outer(torch.arange(grid_size).float(), freqs)       # [n, half // 2]
+    grid = torch.cat([angles[:, None, :].expand(-1, grid_size, -1),    # by row
+                      angles[None, :, :].expand(grid_size, -1, -1)],   # by column
+                     dim=-1)
+    table = torch.stack([grid.cos(), grid.sin()], dim=-1).flatten(0, 1)
+    return torch.cat([torch.zeros(1, half, 2), table])
+
+
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """x [B, T, H, D], rope [T, D/2, 2]: rotate adjacent pairs (x0, x1) by each angle."""
+    xs = x.float().reshape(*x.shape[:-1], -1, 2)
+    r = rope.view(1, xs.shape[1], 1, xs.shape[3], 2)
+    out = torch.stack([xs[..., 0] * r[..., 0] - xs[..., 1] * r[..., 1],
+                       xs[..., 1] * r[..., 0] + xs[..., 0] * r[..., 1]], dim=-1)
+    return out.flatten(3).type_as(x)

@@ -1,0 +1,64 @@
+"""Classifier-free guidance, logit filtering and seeded sampling.
+
+Sampling is Gumbel-max with counter-based noise: the noise for (seed, grid position, vocab
+entry) is a hash of those integers. So a token depends only on its logits and (seed,
+position): image i of a batch seeded s equals a single image seeded s + i, results do not
+depend on what else is in the batch, and no random-generator state has to be carried between
+steps or devices.
+"""
+from __future__ import annotations
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+
+
+def cfg_combine(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """Logits of a doubled batch [cond; uncond] -> u + s (c - u)."""
+    cond, uncond = logits.chunk(2, dim=0)
+    return uncond + scale * (cond - uncond)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus (top-p) to -inf; the best token always stays."""
+    vocab = logits.shape[-1]
+    if 0 < top_k < vocab:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already >= p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """murmur3's 32-bit finaliser on int64 tensors holding values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x85EBCA6B) & _MASK32
+    x = x ^ (x >> 13)
+    x = (x * 0xC2B2AE35) & _MASK32
+    return x ^ (x >> 16)
+
+
+def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Uniform (0, 1) noise [B, Q, vocab], a pure function of (seed, position, vocab index)."""
+    device = positions.device
+    s = _mix32((seeds.to(device).long() & _MASK32) ^ ((seeds.to(device).long() >> 32) & _MASK32))
+    h = _mix32((s[:, None] * 0x9E3779B1 + positions.long()[None, :]) & _MASK32)
+    v = torch.arange(vocab, device=device, dtype=torch.long)
+    bits = _mix32((h[:, :, None] * 0x27D4EB2F + v) & _MASK32)
+    return (bits.double() + 0.5) / 2 ** 32
+
+
+def sample(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Draw one token per position from softmax(logits / temperature) after filtering.
+
+    logits [B, Q, V]; seeds [B] (one per image); positions [Q] grid positions (raster index).
+    """
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    gumbel = -torch.log(-torch.log(uniform_noise(seeds, positions, logits.shape[-1])))
+    return (logits.double() + gumbel).argmax(dim=-1)
