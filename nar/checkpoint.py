@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
@@ -81,7 +81,7 @@ def read_safetensors(path: str | os.PathLike) -> Checkpoint:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path.name} is not a readable safetensors file ({e})") from e
     kind = metadata.get(FORMAT_KEY)
     if kind not in CHECKPOINT_KINDS:
@@ -94,3 +94,188 @@ def read_safetensors(path: str | os.PathLike) -> Checkpoint:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path.name} has corrupt metadata ({e})") from e
     return Checkpoint(kind=kind, state_dict=tensors, config=config, extra=extra, source=str(path))
+
+
+# -- official torch layouts -----------------------------------------------------------------
+def torch_load_weights(path: str | os.PathLike) -> Any:
+    """torch.load that only accepts tensors and plain containers, never code."""
+    path = Path(path)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refused {path.name}: it contains pickled objects other than tensors and plain "
+            f"containers, which could run code when loaded. Only weights are accepted "
+            f"(details: {str(e).splitlines()[0]})") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({e})") from e
+
+
+def unwrap_state_dict(obj: Any, name: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The tensors of an official file: under "model", "state_dict" or "module", or the dict
+    itself; with DDP's "module." and torch.compile's "_orig_mod." prefixes removed."""
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "module"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{name} holds no state dict under 'model', 'state_dict' or 'module'")
+    out = {}
+    for key, value in obj.items():
+        for prefix in ("module.", "_orig_mod."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def infer_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
+    if "quantize.embedding.weight" in state_dict:
+        return "vq"
+    if "tok_embeddings.weight" in state_dict:
+        return "nar" if "medusa_output.weight" in state_dict else "raster"
+    raise CheckpointError("not a NAR, LlamaGen GPT or LlamaGen VQ state dict "
+                          "(no tok_embeddings.weight or quantize.embedding.weight)")
+
+
+def _count_indexed(state_dict: Mapping[str, Any], prefix: str) -> int:
+    found = {int(k[len(prefix):].split(".")[0]) for k in state_dict if k.startswith(prefix)}
+    return max(found) + 1 if found else 0
+
+
+def infer_transformer_config(kind: str, sd: Mapping[str, torch.Tensor],
+                             grid_size: int = 16) -> dict[str, Any]:
+    """Config of an official GPT checkpoint from its tensor shapes. Head count is not in the
+    weights; the official sizes all use 64-dim heads."""
+    vocab, dim = sd["tok_embeddings.weight"].shape
+    n_blocks = _count_indexed(sd, "layers.")
+    n_layer = n_blocks - 1 if kind == "nar" else n_blocks
+    n_head = max(1, dim // 64)
+    q_and_kv = sd["layers.0.attention.wqkv.weight"].shape[0]
+    n_kv_head = (q_and_kv - dim) // 2 // (dim // n_head)
+    return dict(kind=kind, dim=dim, n_layer=n_layer, n_head=n_head,
+                n_kv_head=None if n_kv_head == n_head else n_kv_head,
+                vocab_size=vocab, grid_size=grid_size,
+                num_classes=sd["cls_embedding.embedding_table.weight"].shape[0] - 1)
+
+
+def infer_vq_config(sd: Mapping[str, torch.Tensor], image_size: int = 256) -> dict[str, Any]:
+    """Config of a LlamaGen VQ checkpoint from its tensor shapes."""
+    base = sd["encoder.conv_in.weight"].shape[0]
+    levels = _count_indexed(sd, "encoder.conv_blocks.")
+    ch_mult = [sd[f"encoder.conv_blocks.{i}.res.0.conv2.weight"].shape[0] // base for i in range(levels)]
+    dec_levels = _count_indexed(sd, "decoder.conv_blocks.")
+    dec_mult = [sd[f"decoder.conv_blocks.{i}.res.0.conv2.weight"].shape[0] // base
+                for i in range(dec_levels)][::-1]  # the decoder stores its levels top-down
+    size, embed_dim = sd["quantize.embedding.weight"].shape
+    return dict(codebook_size=size, codebook_embed_dim=embed_dim, encoder_ch_mult=ch_mult,
+                decoder_ch_mult=dec_mult, z_channels=sd["encoder.conv_out.weight"].shape[0],
+                base_channels=base, num_res_blocks=_count_indexed(sd, "encoder.conv_blocks.0.res."),
+                image_size=image_size)
+
+
+def read_official(path: str | os.PathLike, grid_size: int = 16) -> Checkpoint:
+    path = Path(path)
+    sd = unwrap_state_dict(torch_load_weights(path), path.name)
+    kind = infer_kind(sd)
+    try:
+        if kind == "vq":
+            config = infer_vq_config(sd, image_size=grid_size * 16)
+        else:
+            config = infer_transformer_config(kind, sd, grid_size)
+    except KeyError as e:
+        raise CheckpointError(f"{path.name} looks like a {kind} checkpoint but lacks {e}") from e
+    return Checkpoint(kind=kind, state_dict=sd, config=config, source=str(path))
+
+
+def read_checkpoint(path: str | os.PathLike, grid_size: int = 16) -> Checkpoint:
+    """Our safetensors files, or official .pt/.pth/.bin files (read weights-only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint file at {path}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if path.suffix == ".safetensors" or (len(head) == 8 and not head.startswith(b"PK")
+                                         and not head.startswith(b"\x80")):
+        return read_safetensors(path)
+    return read_official(path, grid_size)
+
+
+def load_state_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], name: str) -> None:
+    """load_state_dict(strict=True) with a message that names what is missing, unexpected or
+    mis-shaped."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if items:
+            shown = ", ".join(items[:6]) + (f" and {len(items) - 6} more" if len(items) > 6 else "")
+            problems.append(f"{len(items)} {label}: {shown}")
+    if problems:
+        raise CheckpointError(f"{name} does not match its model: " + "; ".join(problems))
+    module.load_state_dict(state_dict, strict=True)
+
+
+# -- Hugging Face Hub -----------------------------------------------------------------------
+HUB_PREFIX = "hf://"
+
+
+def resolve(source: str | os.PathLike, filename: Optional[str] = None, *,
+            cache_dir: Optional[str] = None, offline: Optional[bool] = None,
+            revision: Optional[str] = None) -> Path:
+    """A local file path for `source`: a local path, or a Hub repo id (with `filename`, or as
+    "hf://owner/repo/path/in/repo"). Hub files come from huggingface_hub's cache; with
+    offline=True (or HF_HUB_OFFLINE=1) only the cache is used."""
+    text = str(source)
+    if filename is None and not text.startswith(HUB_PREFIX):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"no checkpoint file at {path}")
+        return path
+    if text.startswith(HUB_PREFIX):
+        parts = text[len(HUB_PREFIX):].split("/")
+        if len(parts) < 3:
+            raise CheckpointError(f"{text!r}: write hf://owner/repo/filename")
+        text, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    repo_id = validate_repo_id(text)
+    filename = validate_repo_filename(filename)
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError)
+    if offline is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir, revision=revision,
+                                    local_files_only=offline))
+    except LocalEntryNotFoundError as e:
+        why = "offline mode is on" if offline else "the Hub could not be reached"
+        raise CheckpointError(f"{repo_id}/{filename} is not in the local Hugging Face cache and "
+                              f"{why}; download it once with network access or give a local path") from e
+    except RepositoryNotFoundError as e:
+        raise CheckpointError(f"Hub repository {repo_id!r} does not exist or is private") from e
+    except EntryNotFoundError as e:
+        raise CheckpointError(f"{filename!r} is not a file of Hub repository {repo_id!r}") from e
+    except (HfHubHTTPError, OSError) as e:
+        raise CheckpointError(f"could not fetch {repo_id}/{filename} from the Hub ({e})") from e
+
+
+_REPO_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+
+
+def validate_repo_id(repo_id: str) -> str:
+    import re
+    if not re.fullmatch(f"{_REPO_PART}/{_REPO_PART}", repo_id or "") or ".." in repo_id:
+        raise CheckpointError(f"{repo_id!r} is not a Hub repo id (owner/name)")
+    return repo_id
+
+
+def validate_repo_filename(filename: Optional[str]) -> str:
+    parts = (filename or "").split("/")
+    if not filename or filename.startswith("/") or any(p in ("", ".", "..") for p in parts) \
+            or "\\" in filename or len(filename) > 200:
+        raise CheckpointError(f"{filename!r} is not a file name inside a Hub repository")
+    return filename

@@ -1,0 +1,1 @@
+"""NAR Studio: Neighboring Autoregressive image generation, raster and ZipAR decoding."""
