@@ -279,3 +279,34 @@ def validate_repo_filename(filename: Optional[str]) -> str:
             or "\\" in filename or len(filename) > 200:
         raise CheckpointError(f"{filename!r} is not a file name inside a Hub repository")
     return filename
+
+
+# -- building models from checkpoints -------------------------------------------------------
+def build_transformer(ckpt: Checkpoint):
+    """A Transformer in eval mode with the checkpoint's weights, strictly checked."""
+    from .config import ModelConfig
+    from .model import Transformer
+    if ckpt.kind not in ("nar", "raster"):
+        raise CheckpointError(f"{Path(ckpt.source).name} is a {ckpt.kind} checkpoint, not a NAR or raster model")
+    try:
+        config = ModelConfig.from_dict(ckpt.config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{Path(ckpt.source).name} has an invalid model config ({e})") from e
+    model = Transformer(config)
+    load_state_strict(model, ckpt.state_dict, Path(ckpt.source).name or "checkpoint")
+    return model.eval()
+
+
+def class_names_of(ckpt: Checkpoint) -> list[str]:
+    """The class names stored with our checkpoints; official ones get "class 0", "class 1", ..."""
+    n = int(ckpt.config.get("num_classes", 0))
+    names = ckpt.extra.get("class_names")
+    if isinstance(names, list) and len(names) == n and all(isinstance(x, str) for x in names):
+        return names
+    return [f"class {i}" for i in range(n)]
+
+
+def save_transformer(path: str | os.PathLike, model, class_names: list[str],
+                     extra: Optional[Mapping[str, Any]] = None) -> Path:
+    return save_checkpoint(path, model.config.kind, model.state_dict(), model.config.to_dict(),
+                           {"class_names": list(class_names), **(extra or {})})
