@@ -141,7 +141,7 @@ class StepRecord:
     positions: torch.Tensor        # [Q] grid positions decoded at this step (raster indices)
     tokens: torch.Tensor           # [B, Q] their tokens
     grid: torch.Tensor             # [B, n*n] all tokens so far, -1 where not decoded yet (live)
-    elapsed: float                 # seconds since the decode started
+    elapsed: float                 # seconds spent decoding so far (not counting the consumer's time)
     logits: Optional[torch.Tensor] = None  # [B, Q, V] the logits sampled from, if asked for
 
 
@@ -164,8 +164,9 @@ def decode_steps(model: Transformer, schedule: Schedule, class_ids: torch.Tensor
                  record_logits: bool = False) -> Iterator[StepRecord]:
     """Decode a batch of images step by step, yielding a StepRecord after every step.
 
-    sync=True waits for the device at each step so `elapsed` is true wall-clock time (what a
-    UI shows); a benchmark that only needs the end result passes sync=False.
+    sync=True waits for the device at each step so `elapsed` is the true decoding time (what a
+    UI shows); a benchmark that only needs the end result passes sync=False. Time the caller
+    spends between steps (drawing frames) is not counted in `elapsed`.
     """
     check_request(model, schedule, class_ids, sampling)
     weight = model.tok_embeddings.weight
@@ -179,9 +180,9 @@ def decode_steps(model: Transformer, schedule: Schedule, class_ids: torch.Tensor
     caches = model.new_caches(labels.shape[0], plan.cache_len)
     grid = torch.full((batch, schedule.num_tokens), -1, dtype=torch.long, device=device)
     seeds = sampling.seed + torch.arange(batch, device=device)
-    decoded = 0
-    start = time.perf_counter()
+    decoded, busy = 0, 0.0
     for t, sp in enumerate(plan.steps):
+        started = time.perf_counter()
         if t == 0:
             x = model.embed_class(labels)
         else:
@@ -200,8 +201,9 @@ def decode_steps(model: Transformer, schedule: Schedule, class_ids: torch.Tensor
         decoded += sp.targets.numel()
         if sync and device.type == "cuda":
             torch.cuda.synchronize(device)
+        busy += time.perf_counter() - started
         yield StepRecord(step=t, num_steps=len(plan.steps), positions=sp.targets, tokens=tokens,
-                         grid=grid, elapsed=time.perf_counter() - start,
+                         grid=grid, elapsed=busy,
                          logits=logits if record_logits else None)
 
 

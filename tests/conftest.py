@@ -24,3 +24,28 @@ def random_model(kind: str, grid: int = 4, vocab: int = 48, classes: int = 5, se
 @pytest.fixture
 def make_model():
     return random_model
+
+
+def write_tiny_checkpoints(directory: Path, grid: int = 4, classes=("cat", "dog", "sun")) -> dict:
+    """A random VQ (16 px images -> 4x4 tokens) and random NAR + raster models over its codebook,
+    saved in our safetensors format: enough to drive the CLI and the app end to end."""
+    from nar.checkpoint import save_checkpoint, save_transformer
+    from nar.config import VQConfig
+    from nar.vq import VQModel
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    vq_cfg = VQConfig(codebook_size=32, codebook_embed_dim=4, encoder_ch_mult=[1, 1, 1],
+                      decoder_ch_mult=[1, 1, 1], z_channels=32, base_channels=32, num_res_blocks=1,
+                      image_size=grid * 4)
+    vq = VQModel(vq_cfg)
+    paths = {"vq": save_checkpoint(directory / "vq.safetensors", "vq", vq.state_dict(), vq_cfg.to_dict())}
+    for kind in ("nar", "raster"):
+        model = random_model(kind, grid=grid, vocab=32, classes=len(classes))
+        paths[kind] = save_transformer(directory / f"{kind}.safetensors", model, list(classes))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    return write_tiny_checkpoints(tmp_path_factory.mktemp("tiny"))
