@@ -3,6 +3,7 @@
     python -m nar.train nar --data data/emoji --vq checkpoints/vq.safetensors --run-dir runs/nar
     python -m nar.train raster ...          # the same-size raster (LlamaGen) baseline
     python -m nar.train vq ...              # the tokenizer (nar/vq_train.py)
+    python -m nar.train judge ...           # the classifier that judges samples (nar/judge.py)
     torchrun --nproc_per_node=4 -m nar.train nar ...   # DistributedDataParallel, unchanged
 
 A run directory holds `last.safetensors` (weights, AdamW moments, step, config: one file,
@@ -344,7 +345,7 @@ def prepare_tokens(cfg: TrainConfig):
     train = tokenize(vq, cfg.vq, train_images, cache)
     test = tokenize(vq, cfg.vq, test_images, cache)
     grid = train.tokens.shape[-1]
-    return train, test, train_images.class_names, vq.config.codebook_size, grid
+    return train, test, train_images.class_names, vq.cfg.codebook_size, grid
 
 
 def train(cfg: TrainConfig, callbacks: Optional[Callbacks] = None) -> Path:
@@ -383,6 +384,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     if argv and argv[0] == "vq":
         from .vq_train import main as vq_main
         return vq_main(argv[1:])
+    if argv and argv[0] == "judge":
+        from .judge import main as judge_main
+        return judge_main(argv[1:])
     try:
         train(parse_args(argv))
     except (CheckpointError, FileNotFoundError, ValueError) as e:
