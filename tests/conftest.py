@@ -49,3 +49,27 @@ def write_tiny_checkpoints(directory: Path, grid: int = 4, classes=("cat", "dog"
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory):
     return write_tiny_checkpoints(tmp_path_factory.mktemp("tiny"))
+
+
+def write_tiny_image_set(directory: Path, classes=("cat", "dog", "sun"), per_class: int = 8, size: int = 16) -> Path:
+    """A prepared-data-set folder (train/test npz + meta.json) of simple coloured shapes."""
+    import json
+
+    import numpy as np
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", max(2, per_class // 4))):
+        images, labels = [], []
+        for label in range(len(classes)):
+            for _ in range(count):
+                img = np.full((size, size, 3), 255, np.uint8)
+                colour = np.array([[220, 40, 40], [40, 160, 40], [240, 200, 20]][label % 3], np.uint8)
+                lo, hi = sorted(rng.integers(2, size - 2, 2))
+                img[lo:hi + 2, lo:hi + 2] = colour
+                images.append(img)
+                labels.append(label)
+        with open(directory / f"{split}.npz", "wb") as f:
+            np.savez(f, images=np.stack(images), labels=np.array(labels, np.int64))
+    (directory / "meta.json").write_text(json.dumps({"class_names": list(classes), "image_size": size}))
+    return directory

@@ -76,3 +76,28 @@ def test_extend_classes_keeps_old_rows_and_null_last(make_model):
     assert new.shape[0] == 6
     assert torch.equal(new[:3], old[:3]) and torch.equal(new[-1], old[-1])
     assert torch.equal(grown.output.weight, model.output.weight)
+
+
+def test_train_cli_under_torchrun_with_two_processes(tiny_checkpoints, tmp_path):
+    """DistributedDataParallel on CPU (gloo): the same entry point, launched by torchrun."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import write_tiny_image_set
+
+    data = write_tiny_image_set(tmp_path / "data")
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "nar.train", "nar", "--data", str(data), "--vq", str(tiny_checkpoints["vq"]),
+           "--run-dir", str(run), "--size", "GPT-tiny", "--steps", "4", "--batch-size", "4",
+           "--eval-every", "2", "--ckpt-every", "2", "--log-every", "1", "--threads", "1",
+           "--out", str(tmp_path / "final.safetensors")]
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = read_checkpoint(run / "last.safetensors")
+    assert ckpt.extra["step"] == 4 and ckpt.extra["class_names"] == ["cat", "dog", "sun"]
+    model = build_transformer(read_checkpoint(tmp_path / "final.safetensors"))
+    assert model.config.grid_size == 4 and model.config.vocab_size == 32
+    assert result.stdout.count("step=4 ") == 1  # only rank 0 logs
