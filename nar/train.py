@@ -40,7 +40,8 @@ from .tokens import TokenSet
 class TrainConfig:
     kind: str = "nar"                      # nar | raster
     size: str = "GPT-S"                    # a name from config.MODEL_SIZES
-    data: str = "data/emoji"               # prepared image set (python -m nar.data prepare)
+    data: str = "data/emoji"               # prepared data set, or a folder of class folders / a zip
+    loose_class: str = ""                  # class name for images not in a class folder
     vq: str = "checkpoints/vq.safetensors"
     run_dir: str = "runs/nar"
     out: Optional[str] = None              # copy of the best weights written here at the end
@@ -333,17 +334,31 @@ def log(message: str, rank: int = 0) -> None:
 
 
 # -- entry points -----------------------------------------------------------------------------
-def prepare_tokens(cfg: TrainConfig):
-    """Load the tokenizer and image splits, and tokenize them (cached in the run directory)."""
-    from .data import load_split
+def load_images(cfg: TrainConfig, image_size: int):
+    """(train, held-out or None) image sets: a prepared data set (python -m nar.data), or a
+    folder of class folders / a zip / image files as the app's training tab accepts them."""
+    from .data import ImageSet, load_split
+    from .uploads import scan_upload
+    path = Path(cfg.data)
+    if (path / "meta.json").is_file():
+        return load_split(path, "train"), load_split(path, "test")
+    report = scan_upload([path], size=image_size, loose_class=cfg.loose_class)
+    for name, why in report.skipped:
+        log(f"skipped {name}: {why}")
+    if not len(report.labels):
+        raise ValueError(f"no usable images in {path}")
+    return ImageSet(report.images, report.labels, report.class_names), None
+
+
+def prepare_tokens(cfg: TrainConfig, progress=None):
+    """Load the tokenizer and the images, and tokenize them (cached in the run directory)."""
     from .tokens import tokenize
     from .vq import load_vq
     vq = load_vq(cfg.vq).to(default_device()).eval()
     cache = Path(cfg.run_dir)
-    train_images = load_split(cfg.data, "train")
-    test_images = load_split(cfg.data, "test")
-    train = tokenize(vq, cfg.vq, train_images, cache)
-    test = tokenize(vq, cfg.vq, test_images, cache)
+    train_images, test_images = load_images(cfg, vq.cfg.image_size)
+    train = tokenize(vq, cfg.vq, train_images, cache, progress)
+    test = tokenize(vq, cfg.vq, test_images, cache) if test_images is not None else None
     grid = train.tokens.shape[-1]
     return train, test, train_images.class_names, vq.cfg.codebook_size, grid
 
@@ -354,7 +369,7 @@ def train(cfg: TrainConfig, callbacks: Optional[Callbacks] = None) -> Path:
     init_distributed()
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     train_set, test_set, class_names, vocab, grid = prepare_tokens(cfg)
-    log(f"{cfg.kind}: {len(train_set)} training images, {len(test_set)} held out, "
+    log(f"{cfg.kind}: {len(train_set)} training images, {len(test_set) if test_set else 0} held out, "
         f"{len(class_names)} classes, vocab {vocab}, grid {grid}x{grid}", dist_info()[0])
     try:
         return train_loop(cfg, train_set, test_set, class_names, vocab, grid, callbacks)

@@ -1,7 +1,7 @@
 """User uploads -> a labelled image set, safely.
 
 Accepted: PNG, JPEG and WebP files (judged by their content, not their names), and zip files
-whose folders name the classes (images at the zip's top level, and loose image files, go to
+(or folders, for the command line) whose folders name the classes (images at the zip's top level, and loose image files, go to
 the class the user names). Zips are never extracted to disk: members are read into memory
 under size limits, so no path in a zip can write anywhere. Every file that is not used is
 reported with the reason; an upload that is hostile as a whole (a compression bomb, too many
@@ -143,13 +143,33 @@ def _zip_members(path: Path, limits: UploadLimits, skipped: list) -> Iterator[tu
             yield display, (parts[0] if len(parts) == 2 else None), data
 
 
+def _folder_members(root: Path, limits: UploadLimits, skipped: list) -> Iterator[tuple[str, Optional[str], bytes]]:
+    """Like _zip_members for a folder on disk: sub-folders name classes; links are refused."""
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        display = f"{root.name}/{rel.as_posix()}"
+        if path.is_symlink():
+            skipped.append((display, "symbolic link; refused"))
+        elif path.is_dir() or any(p.startswith(".") for p in rel.parts):
+            continue
+        elif path.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append((display, "not a PNG, JPEG or WebP file name"))
+        elif len(rel.parts) > 2:
+            skipped.append((display, "nested folders: put images directly in one folder per class"))
+        elif path.stat().st_size > limits.max_member_bytes:
+            skipped.append((display, f"over the {limits.max_member_bytes:,} byte limit"))
+        else:
+            yield display, (rel.parts[0] if len(rel.parts) == 2 else None), path.read_bytes()
+
+
 def scan_upload(files: list[str | Path], size: int, loose_class: str = "",
                 limits: UploadLimits = UploadLimits()) -> UploadReport:
     """Read uploaded images and zips into a labelled image set of size x size RGB images."""
     paths = [Path(f) for f in files]
     if not paths:
         raise UploadRefused("nothing was uploaded")
-    total = sum(p.stat().st_size for p in paths)
+    total = sum(f.stat().st_size for p in paths for f in ([p] if not p.is_dir() else p.rglob("*"))
+                if f.is_file() and not f.is_symlink())
     if total > limits.max_total_bytes:
         raise UploadRefused(f"the upload is {total:,} bytes; the limit is {limits.max_total_bytes:,}")
     skipped: list[tuple[str, str]] = []
@@ -157,6 +177,8 @@ def scan_upload(files: list[str | Path], size: int, loose_class: str = "",
     for path in paths:
         if path.is_symlink():
             skipped.append((path.name, "symbolic link; refused"))
+        elif path.is_dir():
+            entries.extend(_folder_members(path, limits, skipped))
         elif path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
             entries.extend(_zip_members(path, limits, skipped))
         elif path.stat().st_size > limits.max_member_bytes:
