@@ -199,11 +199,17 @@ def save_weights(path: Path, model: Transformer, class_names: list[str], state: 
     return save_checkpoint(path, model.config.kind, model.state_dict(), model.config.to_dict(), extra)
 
 
-def load_run_checkpoint(path: Path, device: torch.device) -> tuple[Transformer, dict, list[str], TrainState]:
-    """Model, optimiser state by parameter name, class names and progress of a run."""
+def split_run_checkpoint(path: Path):
+    """(model checkpoint, optimiser tensors by parameter name) of a run's last.safetensors."""
     ckpt = read_checkpoint(path)
     optim = {k[len(OPTIM_PREFIX):]: v for k, v in ckpt.state_dict.items() if k.startswith(OPTIM_PREFIX)}
     ckpt.state_dict = {k: v for k, v in ckpt.state_dict.items() if not k.startswith(OPTIM_PREFIX)}
+    return ckpt, optim
+
+
+def load_run_checkpoint(path: Path, device: torch.device) -> tuple[Transformer, dict, list[str], TrainState]:
+    """Model, optimiser state by parameter name, class names and progress of a run."""
+    ckpt, optim = split_run_checkpoint(path)
     model = build_transformer(ckpt).to(device)
     state = TrainState(step=int(ckpt.extra.get("step", 0)), best_val=float(ckpt.extra.get("best_val", math.inf)))
     return model, optim, class_names_of(ckpt), state

@@ -1,0 +1,221 @@
+"""Fine-tuning jobs for the app: one at a time per server, in a background thread, with live
+progress, cancel, resume and sample previews.
+
+The job drives the same `train_loop` as `python -m nar.train`; it only adds the upload
+handling, a run folder per job, and the state a UI polls.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .checkpoint import atomic_write, build_transformer, class_names_of, read_checkpoint
+from .config import SamplingConfig
+from .data import ImageSet
+from .decode import generate
+from .pipeline import LoadedModel, Studio
+from .schedules import nar as nar_schedule
+from .tokens import tokenize
+from .train import Callbacks, TrainConfig, split_run_checkpoint, train_loop
+from .uploads import UploadReport
+
+RUN_ID = re.compile(r"^[0-9a-f]{12}$")
+
+
+@dataclass(frozen=True)
+class FineTuneOptions:
+    steps: int = 200
+    lr: float = 3e-4
+    batch_size: int = 16
+    train_layers: str = "all"        # all | heads | last:K
+    preview_every: int = 50
+    seed: int = 0
+
+    def validate(self) -> "FineTuneOptions":
+        problems = []
+        if not 1 <= self.steps <= 5000:
+            problems.append(f"steps must be in [1, 5000], got {self.steps}")
+        if not 1e-6 <= self.lr <= 1e-2:
+            problems.append(f"learning rate must be in [1e-6, 1e-2], got {self.lr}")
+        if not 1 <= self.batch_size <= 128:
+            problems.append(f"batch size must be in [1, 128], got {self.batch_size}")
+        if not re.fullmatch(r"all|heads|last:\d{1,2}", self.train_layers):
+            problems.append(f"layers to train must be all, heads or last:K, got {self.train_layers!r}")
+        if not 1 <= self.preview_every <= 5000:
+            problems.append(f"preview interval must be in [1, 5000], got {self.preview_every}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class Busy(RuntimeError):
+    """Another training job is running on this server."""
+
+
+@dataclass
+class JobState:
+    run_id: str
+    status: str = "starting"         # starting, tokenizing, training, done, cancelled, failed
+    message: str = ""
+    step: int = 0
+    total_steps: int = 0
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    eta_s: Optional[float] = None
+    preview: Optional[np.ndarray] = None      # uint8 image grid of the newest samples
+    preview_step: int = 0
+    checkpoint: Optional[Path] = None         # newest complete weights of the run
+    class_names: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+
+class _JobCallbacks(Callbacks):
+    def __init__(self, job: "FineTuneJob"):
+        self.job = job
+
+    def on_metrics(self, metrics: dict) -> None:
+        st = self.job.state
+        st.step = metrics["step"]
+        st.losses.append((metrics["step"], metrics["loss"]))
+        if "eta_s" in metrics:
+            st.eta_s = metrics["eta_s"]
+
+    def on_checkpoint(self, path: Path, step: int) -> None:
+        self.job.state.checkpoint = path
+        if step % self.job.options.preview_every == 0 or step >= self.job.options.steps:
+            self.job.make_preview(path, step)
+
+    def should_stop(self) -> bool:
+        return self.job.cancel_event.is_set()
+
+
+class FineTuneJob:
+    """One fine-tuning run in `runs_dir/<run_id>`, executed in a background thread."""
+
+    def __init__(self, studio: Studio, base_checkpoint: Path, upload: Optional[UploadReport],
+                 options: FineTuneOptions, runs_dir: Path, run_id: Optional[str] = None):
+        self.studio = studio
+        self.base_checkpoint = Path(base_checkpoint)
+        self.options = options.validate()
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.run_dir = Path(runs_dir) / self.run_id
+        # The upload is kept in the run folder, so a run resumes without uploading again.
+        self.upload = upload if upload is not None else load_upload(self.run_dir)
+        self.state = JobState(self.run_id, total_steps=options.steps)
+        self.cancel_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"finetune-{self.run_id}", daemon=True)
+
+    def train_config(self) -> TrainConfig:
+        o = self.options
+        # Checkpoint every preview so a cancel never loses more than one interval of work.
+        every = max(1, min(o.preview_every, 50))
+        return TrainConfig(kind="nar", run_dir=str(self.run_dir), init=str(self.base_checkpoint),
+                           steps=o.steps, batch_size=o.batch_size, lr=o.lr, warmup=min(20, o.steps // 5),
+                           train_layers=o.train_layers, eval_every=10 ** 9, ckpt_every=every,
+                           log_every=max(1, min(10, o.steps // 20)), seed=o.seed, dropout=0.1)
+
+    def _run(self) -> None:
+        st = self.state
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_upload(self.run_dir, self.upload)
+            st.status, st.message = "tokenizing", f"tokenizing {len(self.upload.labels)} images"
+            images = ImageSet(self.upload.images, self.upload.labels, self.upload.class_names)
+            tokens = tokenize(self.studio.vq, f"upload-{self.run_id}", images, self.run_dir)
+            base = read_checkpoint(self.base_checkpoint)
+            names = class_names_of(base)
+            wanted = self.upload.class_names
+            # labels of the upload -> ids in the extended model (existing names keep theirs)
+            extended = names + [n for n in wanted if n not in names]
+            remap = torch.tensor([extended.index(n) for n in wanted])
+            tokens.labels = remap[tokens.labels]
+            st.class_names = extended
+            st.status, st.message = "training", "training"
+            cfg = self.train_config()
+            best = train_loop(cfg, tokens, None, extended, base.config["vocab_size"], base.config["grid_size"],
+                              _JobCallbacks(self))
+            st.checkpoint = best
+            if self.cancel_event.is_set():
+                st.status, st.message = "cancelled", f"cancelled at step {st.step}; the last checkpoint is kept"
+            else:
+                st.status, st.message = "done", f"finished {st.step} steps"
+        except Exception as e:  # the UI shows the message; the server keeps running
+            st.status, st.message = "failed", f"{type(e).__name__}: {e}"
+
+    def make_preview(self, path: Path, step: int) -> None:
+        """Decode one image per uploaded class with NAR from the newest checkpoint."""
+        model = build_transformer(split_run_checkpoint(path)[0]).to(self.studio.device)
+        ids = torch.tensor([self.state.class_names.index(n) for n in self.upload.class_names][:8])
+        grid = generate(model, nar_schedule(model.config.grid_size), ids, SamplingConfig(seed=self.options.seed))
+        from .render import tile
+        self.state.preview = tile(list(self.studio.images(grid)))
+        self.state.preview_step = step
+
+    def loaded_model(self) -> LoadedModel:
+        if self.state.checkpoint is None:
+            raise ValueError("this run has no checkpoint yet")
+        ckpt = split_run_checkpoint(self.state.checkpoint)[0]
+        model = build_transformer(ckpt).to(self.studio.device)
+        return LoadedModel(model, class_names_of(ckpt), f"fine-tuned run {self.run_id}")
+
+
+def save_upload(run_dir: Path, upload: UploadReport) -> None:
+    path = run_dir / "upload.npz"
+    if not path.is_file():
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, images=upload.images, labels=upload.labels,
+                                    class_names=np.array(upload.class_names))
+        atomic_write(path, write)
+
+
+def load_upload(run_dir: Path) -> UploadReport:
+    path = run_dir / "upload.npz"
+    if not path.is_file():
+        raise ValueError(f"run {run_dir.name} does not exist or has no saved upload to resume from")
+    with np.load(path, allow_pickle=False) as f:
+        return UploadReport(f["images"], f["labels"].astype(np.int64), [str(n) for n in f["class_names"]])
+
+
+class FineTuneManager:
+    """At most one running job per server; finished runs stay in runs_dir for download/resume."""
+
+    def __init__(self, runs_dir: Path):
+        self.runs_dir = Path(runs_dir)
+        self._lock = threading.Lock()
+        self.current: Optional[FineTuneJob] = None
+        self.jobs: dict[str, FineTuneJob] = {}
+
+    def busy(self) -> bool:
+        return self.current is not None and self.current.thread.is_alive()
+
+    def start(self, studio: Studio, base_checkpoint: Path, upload: Optional[UploadReport],
+              options: FineTuneOptions, resume_run: Optional[str] = None) -> FineTuneJob:
+        """Start a run on an upload, or resume run `resume_run` (its upload is in its folder)."""
+        if resume_run is not None and not RUN_ID.match(resume_run):
+            raise ValueError(f"{resume_run!r} is not a run id")
+        if resume_run is None and (upload is None or not len(upload.labels)):
+            raise ValueError("the upload has no usable images")
+        with self._lock:
+            if self.busy():
+                raise Busy("a training job is already running on this server; try again when it finishes")
+            job = FineTuneJob(studio, base_checkpoint, upload, options, self.runs_dir, resume_run)
+            self.current = job
+            self.jobs[job.run_id] = job
+            job.thread.start()
+            return job
+
+    def cancel(self) -> bool:
+        job = self.current
+        if job is None or not job.thread.is_alive():
+            return False
+        job.cancel_event.set()
+        return True
