@@ -56,6 +56,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Delete temporary files that atomic_write left behind when its process was killed."""
+    removed = []
+    for tmp in Path(directory).glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 @dataclass
 class Checkpoint:
     """Tensors plus what is needed to rebuild and describe the model they belong to."""

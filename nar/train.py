@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .checkpoint import (CheckpointError, atomic_write, build_transformer, class_names_of,
-                         read_checkpoint, save_checkpoint)
+                         read_checkpoint, remove_stale_temp_files, save_checkpoint)
 from .config import ModelConfig, model_config
 from .model import Transformer
 from .tokens import TokenSet
@@ -272,6 +272,9 @@ def train_loop(cfg: TrainConfig, train_data: TokenSet, val_data: Optional[TokenS
     device = default_device()
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        for tmp in remove_stale_temp_files(run_dir):
+            log(f"removed {tmp.name}, a partial write of a killed run")
     last, best = run_dir / "last.safetensors", run_dir / "best.safetensors"
     if last.is_file():
         model, saved_optim, class_names, state = load_run_checkpoint(last, device)

@@ -101,3 +101,46 @@ def test_train_cli_under_torchrun_with_two_processes(tiny_checkpoints, tmp_path)
     model = build_transformer(read_checkpoint(tmp_path / "final.safetensors"))
     assert model.config.grid_size == 4 and model.config.vocab_size == 32
     assert result.stdout.count("step=4 ") == 1  # only rank 0 logs
+
+
+def test_killed_training_resumes_and_leaves_no_partial_files(tiny_checkpoints, tmp_path):
+    """kill -9 the trainer repeatedly, at moments that include checkpoint writes: every restart
+    resumes from an intact last.safetensors and the run still ends at the requested step."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from conftest import write_tiny_image_set
+
+    data = write_tiny_image_set(tmp_path / "data")
+    run = tmp_path / "run"
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "nar.train", "raster", "--data", str(data), "--vq", str(tiny_checkpoints["vq"]),
+           "--run-dir", str(run), "--size", "GPT-tiny", "--steps", "400", "--batch-size", "4",
+           "--ckpt-every", "1", "--eval-every", "50", "--log-every", "50", "--threads", "1"]
+    steps_seen = []
+    for delay in (0.0, 0.13, 0.37):
+        before = read_checkpoint(run / "last.safetensors").extra["step"] if (run / "last.safetensors").is_file() else 0
+        proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait until this process has written a checkpoint of its own
+            path = run / "last.safetensors"
+            try:
+                if path.is_file() and read_checkpoint(path).extra["step"] > before:
+                    break
+            except Exception:
+                pass
+            time.sleep(0.02)
+        time.sleep(delay)  # then kill it at varying points, checkpoint writes included
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if (run / "last.safetensors").is_file():
+            steps_seen.append(read_checkpoint(run / "last.safetensors").extra["step"])  # always readable
+    assert steps_seen and steps_seen == sorted(steps_seen)
+    result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resuming {run / 'last.safetensors'} at step {steps_seen[-1]}" in result.stdout or steps_seen[-1] == 0
+    assert read_checkpoint(run / "last.safetensors").extra["step"] == 400
+    assert not list(run.glob(".*.tmp"))
