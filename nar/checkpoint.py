@@ -175,8 +175,9 @@ def infer_transformer_config(kind: str, sd: Mapping[str, torch.Tensor],
                 num_classes=sd["cls_embedding.embedding_table.weight"].shape[0] - 1)
 
 
-def infer_vq_config(sd: Mapping[str, torch.Tensor], image_size: int = 256) -> dict[str, Any]:
-    """Config of a LlamaGen VQ checkpoint from its tensor shapes."""
+def infer_vq_config(sd: Mapping[str, torch.Tensor], grid_size: int = 16) -> dict[str, Any]:
+    """Config of a LlamaGen VQ checkpoint from its tensor shapes; the image size is not in the
+    weights, so it is the token grid (grid_size) times the downsampling the shapes imply."""
     base = sd["encoder.conv_in.weight"].shape[0]
     levels = _count_indexed(sd, "encoder.conv_blocks.")
     ch_mult = [sd[f"encoder.conv_blocks.{i}.res.0.conv2.weight"].shape[0] // base for i in range(levels)]
@@ -187,7 +188,7 @@ def infer_vq_config(sd: Mapping[str, torch.Tensor], image_size: int = 256) -> di
     return dict(codebook_size=size, codebook_embed_dim=embed_dim, encoder_ch_mult=ch_mult,
                 decoder_ch_mult=dec_mult, z_channels=sd["encoder.conv_out.weight"].shape[0],
                 base_channels=base, num_res_blocks=_count_indexed(sd, "encoder.conv_blocks.0.res."),
-                image_size=image_size)
+                image_size=grid_size * 2 ** (levels - 1))
 
 
 def read_official(path: str | os.PathLike, grid_size: int = 16) -> Checkpoint:
@@ -196,7 +197,7 @@ def read_official(path: str | os.PathLike, grid_size: int = 16) -> Checkpoint:
     kind = infer_kind(sd)
     try:
         if kind == "vq":
-            config = infer_vq_config(sd, image_size=grid_size * 16)
+            config = infer_vq_config(sd, grid_size)
         else:
             config = infer_transformer_config(kind, sd, grid_size)
     except KeyError as e:
@@ -325,3 +326,18 @@ def save_transformer(path: str | os.PathLike, model, class_names: list[str],
                      extra: Optional[Mapping[str, Any]] = None) -> Path:
     return save_checkpoint(path, model.config.kind, model.state_dict(), model.config.to_dict(),
                            {"class_names": list(class_names), **(extra or {})})
+
+
+def build_vq(ckpt: Checkpoint):
+    """A VQModel in eval mode with the checkpoint's weights, strictly checked."""
+    from .config import VQConfig
+    from .vq import VQModel
+    if ckpt.kind != "vq":
+        raise CheckpointError(f"{Path(ckpt.source).name} is a {ckpt.kind} checkpoint, not a VQ tokenizer")
+    try:
+        config = VQConfig.from_dict(ckpt.config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{Path(ckpt.source).name} has an invalid tokenizer config ({e})") from e
+    model = VQModel(config)
+    load_state_strict(model, ckpt.state_dict, Path(ckpt.source).name or "checkpoint")
+    return model.eval()

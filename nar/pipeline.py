@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, build_transformer, class_names_of, read_checkpoint, resolve
+from .checkpoint import CheckpointError, build_transformer, build_vq, class_names_of, read_checkpoint, resolve
 from .config import SamplingConfig
 from .decode import StepRecord, decode_steps
 from .model import Transformer
@@ -68,10 +68,11 @@ def load_transformer(source: str | Path, filename: Optional[str] = None, *, expe
     return LoadedModel(model, class_names_of(ckpt), str(source if filename is None else f"{source}/{filename}"))
 
 
-def load_tokenizer(source: str | Path, filename: Optional[str] = None, device: Optional[torch.device] = None):
-    from .vq import load_vq
-    vq = load_vq(resolve(source, filename))
-    return vq.to(device or pick_device()).eval()
+def load_tokenizer(source: str | Path, filename: Optional[str] = None, device: Optional[torch.device] = None,
+                   grid_size: int = 16):
+    """Our VQ safetensors, or an official LlamaGen VQ file (grid_size: its token grid per side)."""
+    ckpt = read_checkpoint(resolve(source, filename), grid_size=grid_size)
+    return build_vq(ckpt).to(device or pick_device())
 
 
 class Studio:
@@ -108,6 +109,39 @@ class Studio:
             raise CheckpointError(f"model grid {loaded.model.config.grid_size} does not match the tokenizer's {grid}")
         with self._lock:
             self.models[kind] = loaded
+
+    def swap_tokenizer(self, vq, models: tuple = ()) -> list[str]:
+        """Replace the tokenizer, together with any of the transformers in `models`, atomically.
+
+        Every new model must match the new tokenizer (vocabulary = codebook, same grid), or
+        nothing changes. A model that is kept but does not match the new tokenizer is unloaded;
+        the kinds unloaded are returned so the caller can say so."""
+        codebook, grid = vq.cfg.codebook_size, vq.cfg.grid_size
+
+        def mismatch(loaded: LoadedModel) -> Optional[str]:
+            cfg = loaded.model.config
+            if cfg.vocab_size != codebook:
+                return f"vocabulary {cfg.vocab_size} vs the tokenizer's codebook of {codebook}"
+            if cfg.grid_size != grid:
+                return f"grid {cfg.grid_size}x{cfg.grid_size} vs the tokenizer's {grid}x{grid}"
+            return None
+
+        new = {}
+        for loaded in models:
+            problem = mismatch(loaded)
+            if problem:
+                raise CheckpointError(f"the {loaded.model.config.kind} model does not match the new "
+                                      f"tokenizer: {problem}")
+            new[loaded.model.config.kind] = loaded
+        with self._lock:
+            unloaded = [kind for kind, loaded in self.models.items()
+                        if kind not in new and loaded is not None and mismatch(loaded)]
+            self.models.update(new)
+            for kind in unloaded:
+                self.models[kind] = None
+            self.vq = vq
+            self._blank_token = None
+        return unloaded
 
     def model_for(self, order: str) -> LoadedModel:
         kind = "nar" if order == "nar" else "raster"
