@@ -21,7 +21,7 @@ token (schedules.stand_in_position), written to a scratch slot that only the pro
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator, Optional
 

@@ -6,7 +6,6 @@ handling, a run folder per job, and the state a UI polls.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 import threading
 import time
@@ -72,6 +71,7 @@ class JobState:
     eta_s: Optional[float] = None
     preview: Optional[np.ndarray] = None      # uint8 image grid of the newest samples
     preview_step: int = 0
+    tokenized: float = 0.0                    # fraction of the upload tokenized (status "tokenizing")
     checkpoint: Optional[Path] = None         # newest complete weights of the run
     class_names: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
@@ -129,7 +129,13 @@ class FineTuneJob:
             save_upload(self.run_dir, self.upload)
             st.status, st.message = "tokenizing", f"tokenizing {len(self.upload.labels)} images"
             images = ImageSet(self.upload.images, self.upload.labels, self.upload.class_names)
-            tokens = tokenize(self.studio.vq, f"upload-{self.run_id}", images, self.run_dir)
+            count = len(self.upload.labels)
+
+            def progress(done: int, total: int) -> None:  # each image is encoded as-is and flipped
+                st.tokenized = done / max(1, total)
+                st.message = f"tokenizing {count} images ({done}/{total} views with the flipped ones)"
+            tokens = tokenize(self.studio.vq, f"upload-{self.run_id}", images, self.run_dir, progress)
+            st.tokenized = 1.0
             base = read_checkpoint(self.base_checkpoint)
             names = class_names_of(base)
             wanted = self.upload.class_names

@@ -13,7 +13,6 @@ import json
 import sys
 from typing import Optional
 
-import numpy as np
 
 from .checkpoint import CheckpointError
 from .config import SamplingConfig

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .checkpoint import (CheckpointError, atomic_write, build_transformer, class_names_of,
                          read_checkpoint, remove_stale_temp_files, save_checkpoint)
-from .config import ModelConfig, model_config
+from .config import model_config
 from .model import Transformer
 from .tokens import TokenSet
 
@@ -329,7 +329,8 @@ def train_loop(cfg: TrainConfig, train_data: TokenSet, val_data: Optional[TokenS
         if state.step % cfg.ckpt_every == 0 or state.step == cfg.steps or callbacks.should_stop():
             save_run_checkpoint(last, model, optimizer, class_names, state, cfg)
             callbacks.on_checkpoint(last, state.step)
-    if rank == 0 and not best.is_file():  # no held-out data: the last weights are the result
+    if rank == 0 and (val_data is None or not best.is_file()):
+        # no held-out data: the last weights are the result (also after a resumed run)
         save_weights(best, model, class_names, state, cfg)
     if rank == 0 and cfg.out and state.step >= cfg.steps:
         atomic_write(cfg.out, lambda tmp: Path(tmp).write_bytes(best.read_bytes()))

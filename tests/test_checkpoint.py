@@ -7,7 +7,7 @@ import torch
 
 from nar.checkpoint import (CheckpointError, build_transformer, class_names_of, read_checkpoint,
                             resolve, save_checkpoint, save_transformer)
-from nar.config import ModelConfig, SamplingConfig
+from nar.config import ModelConfig
 from nar.decode import generate
 from nar.model import Transformer
 from nar.schedules import make_schedule
