@@ -1,12 +1,14 @@
 """NAR Studio: watch neighboring autoregressive (NAR) decoding fill an image diagonal by diagonal,
-and race it against raster and ZipAR decoding of the same class and seed.
+race it against raster and ZipAR decoding of the same class and seed, and teach it new images.
 
     python app.py                              # bundled checkpoints, http://127.0.0.1:7860
     python app.py --checkpoints DIR --port 7861
+    python app.py --runs-dir /data/runs        # where the Train tab keeps its runs (default runs/finetune)
     GRADIO_SERVER_NAME=0.0.0.0 python app.py   # Gradio's own environment variables work too
 
-The UI only wires components to nar/service.py (requests, streaming, files, model loading) and
-nar/plots.py (figures). On Hugging Face ZeroGPU the decoding handlers run under `spaces.GPU`.
+The UI only wires components to nar/service.py (requests, streaming, files, model loading),
+nar/training_service.py (the Train tab: uploads, fine-tuning runs) and nar/plots.py (figures).
+On Hugging Face ZeroGPU the decoding handlers run under `spaces.GPU`.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINTS = ROOT / "checkpoints"
 BENCHMARKS = ROOT / "benchmarks"
+RUNS = ROOT / "runs" / "finetune"
 REQUIRED = ("nar.safetensors", "raster.safetensors", "vq.safetensors")
 HOW_TO_GET = """\
 NAR Studio needs three checkpoints in {folder}: {missing}.
@@ -39,6 +42,23 @@ CSS = """
 .caption p { margin: 0.25em 0 !important; }
 #header p { margin-top: 0 !important; color: var(--body-text-color-subdued); }
 #seed-row, #cmp-seed-row { align-items: end; }
+#train-preview img, #scan-thumbs img { image-rendering: pixelated; }
+#train-preview img { width: 100%; height: 100%; object-fit: contain; }
+.hint p { margin: 0 !important; font-size: var(--text-sm); color: var(--body-text-color-subdued); }
+#train-status { min-height: 1.6em; font-variant-numeric: tabular-nums; }
+#train-status p, #scan-summary p, #train-note p { margin: 0.25em 0 !important; }
+.train-progress { display: flex; align-items: center; gap: 12px; font-variant-numeric: tabular-nums; }
+.train-progress .track { flex: 1; height: 12px; border-radius: 6px; overflow: hidden;
+  background: var(--neutral-200); border: 1px solid var(--border-color-primary); }
+.dark .train-progress .track { background: var(--neutral-700); }
+.train-progress .fill { height: 100%; background: var(--color-accent); transition: width 0.6s ease; }
+.train-progress.done .fill { background: var(--secondary-500); }
+.train-progress.stopped .fill { background: var(--neutral-400); }
+.train-progress.failed .fill { background: var(--error-500, #ef4444); }
+.train-progress .label { min-width: 15em; text-align: right; font-size: var(--text-sm);
+  color: var(--body-text-color-subdued); }
+#runs-row { align-items: end; }
+#train-weights .empty { min-height: 64px !important; height: 64px !important; }
 """
 
 
@@ -55,6 +75,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--benchmarks", type=Path, default=BENCHMARKS,
                    help="folder of `python -m nar.bench` results to plot (default benchmarks/)")
     p.add_argument("--max-upload", default="4gb", help="largest checkpoint upload accepted (default 4gb)")
+    p.add_argument("--runs-dir", type=Path, default=Path(os.environ.get("NAR_STUDIO_RUNS_DIR") or RUNS),
+                   help="folder for the Train tab's fine-tuning runs (default: $NAR_STUDIO_RUNS_DIR or "
+                        "runs/finetune; created at start)")
     return p.parse_args(argv)
 
 
@@ -62,8 +85,9 @@ def missing_checkpoints(folder: Path) -> list[str]:
     return [name for name in REQUIRED if not (folder / name).is_file()]
 
 
-def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1):
-    """The Gradio Blocks of the app over a nar.service.Service."""
+def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1, training=None):
+    """The Gradio Blocks of the app over a nar.service.Service (and a
+    nar.training_service.TrainingService for the Train tab; one on runs/finetune by default)."""
     import gradio as gr
 
     from nar import plots
@@ -72,6 +96,10 @@ def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1):
                              GenerateRequest, benchmark_files, gpu, normalise_result, random_seed,
                              read_benchmark)
 
+    from nar.training_service import BOUNDS, DEFAULTS, Busy, TrainingService, loss_frame, progress_html
+
+    if training is None:
+        training = TrainingService(service, RUNS)
     problems = (ValueError, CheckpointError, FileNotFoundError)
     heavy = dict(concurrency_id="device", concurrency_limit=concurrency)
     light = dict(concurrency_limit=None, show_progress="hidden")
@@ -218,6 +246,104 @@ def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1):
         return (*model_view(), class_update(gen_class), class_update(cmp_class), window_update(gen_window),
                 window_update(cmp_window), steps_plot(cmp_window), device_line())
 
+    # -- train tab ----------------------------------------------------------------------------
+    def scan_view(files, loose_class):
+        s = training.scan(files, loose_class)
+        return (s.text, gr.update(value=s.classes, visible=bool(s.classes)),
+                gr.update(value=s.thumbnails or None, visible=bool(s.thumbnails)),
+                gr.update(value=s.skipped, visible=bool(s.skipped)))
+
+    def runs_update(value: Optional[str] = None):
+        choices = training.run_choices()
+        ids = [v for _, v in choices]
+        return gr.update(choices=choices, value=value if value in ids else (ids[0] if ids else None))
+
+    def run_outputs(view, shown: dict, files=None, runs=None):
+        preview = gr.skip()
+        if view.preview is not None and view.preview_step != shown.get("preview"):
+            shown["preview"] = view.preview_step
+            preview = gr.update(value=view.preview, label=view.preview_caption)
+        elif view.preview is None and shown.get("preview", 0) is not None:
+            shown["preview"] = None
+            preview = gr.update(value=None, label="NAR samples (every few steps while training)")
+        return (view.text, view.progress_html, loss_frame(view.losses) if view.losses else None, preview,
+                gr.skip() if files is None else files,
+                gr.skip() if runs is None else runs, view.run_id, view.info)
+
+    def follow(job):
+        shown: dict = {}
+        view, first = None, True
+        for view in training.watch(job):
+            if not view.finished:
+                yield run_outputs(view, shown, [] if first else None)   # the first update hides old weights
+                first = False
+        try:
+            files = [str(f) for f in training.downloads(view.run_id)]
+        except ValueError:
+            files = []
+        yield run_outputs(view, shown, files, runs_update(view.run_id))
+        if view.status == "failed":
+            raise gr.Error(f"run {view.run_id} failed: {view.info.get('message') or 'see the server log'}",
+                           title="Training failed", print_exception=False)
+
+    def start_training(files, loose_class, steps, lr, batch_size, layers, preview_every):
+        try:
+            options = training.options(steps, lr, batch_size, layers, preview_every)
+            job = training.start(files, loose_class, options)
+        except Busy as e:
+            raise gr.Error(str(e), title="Server busy", print_exception=False) from None
+        except problems as e:
+            raise fail(e) from None
+        yield from follow(job)
+
+    def resume_training(run_id, steps, lr, batch_size, layers, preview_every):
+        try:
+            job = training.resume(run_id, training.options(steps, lr, batch_size, layers, preview_every))
+        except Busy as e:
+            raise gr.Error(str(e), title="Server busy", print_exception=False) from None
+        except problems as e:
+            raise fail(e) from None
+        yield from follow(job)
+
+    def cancel_training(run_id):
+        try:
+            message = training.cancel(run_id)
+        except ValueError as e:
+            raise fail(e) from None
+        gr.Info(message)
+        return message
+
+    def show_run(run_id):
+        try:
+            view = training.view(run_id)
+        except ValueError as e:
+            raise fail(e) from None
+        return run_outputs(view, {"preview": -1})[:4] + (view.run_id, view.info)
+
+    def download_run(run_id):
+        try:
+            return [str(f) for f in training.downloads(run_id)]
+        except problems as e:
+            raise fail(e) from None
+
+    @gpu
+    def use_run(run_id, gen_class, cmp_class, gen_window, cmp_window):
+        try:
+            message = training.use(run_id)
+        except problems as e:
+            raise fail(e) from None
+        return after_load(message, gen_class, cmp_class, gen_window, cmp_window)
+
+    def train_overview(current_run, layers):
+        job = training.manager.current
+        note = ""
+        if job is not None and job.thread.is_alive():
+            note = (f"A training job is running on this server now (run {job.run_id}, step {job.state.step}/"
+                    f"{job.state.total_steps}). Pick it under **Runs** and press **Resume** to follow it.")
+        choices = training.layer_choices()
+        return (runs_update(current_run), note,
+                gr.update(choices=choices, value=layers if layers in [v for _, v in choices] else "all"))
+
     # -- layout --------------------------------------------------------------------------------
     with gr.Blocks(title="NAR Studio", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# NAR Studio", elem_id="title")
@@ -340,6 +466,82 @@ def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1):
                     reset_button = gr.Button("Back to the startup checkpoints", scale=1)
                 load_status = gr.Markdown(elem_id="load-status")
 
+            with gr.Tab("Train", id="train"):
+                gr.Markdown("Teach the active NAR model new images. Upload PNG, JPEG or WebP files, or a zip with "
+                            "one folder per class (the folder names the class). New class names get new rows in "
+                            "the class table; names the model knows keep theirs. Images are centre-cropped to "
+                            f"squares and resized to the tokenizer's {service.image_size()} px before training.")
+                with gr.Row():
+                    with gr.Column(scale=2, min_width=340):
+                        train_files = gr.File(label="Images, or a zip of class folders", file_count="multiple",
+                                              file_types=[".png", ".jpg", ".jpeg", ".webp", ".zip"], height=150,
+                                              elem_id="train-files")
+                        train_loose = gr.Textbox(label="Class name for loose images", placeholder="e.g. star",
+                                                 info="images that are not inside a class folder of a zip",
+                                                 max_lines=1)
+                        gr.Markdown(f"Limits: {training.limits_text()}.", elem_classes="hint", elem_id="train-limits")
+                        with gr.Accordion("Training options", open=True):
+                            with gr.Row():
+                                train_steps = gr.Slider(*BOUNDS["steps"], value=DEFAULTS.steps, step=1, label="Steps")
+                                train_batch = gr.Slider(*BOUNDS["batch_size"], value=DEFAULTS.batch_size, step=1,
+                                                        label="Batch size")
+                            with gr.Row():
+                                lo, hi = BOUNDS["lr"]
+                                train_lr = gr.Number(DEFAULTS.lr, label="Learning rate", minimum=lo, maximum=hi,
+                                                     info=f"{lo:.0e} to {hi:.0e}; warm-up, then cosine decay".replace("e-0", "e-"),
+                                                     elem_id="train-lr")
+                                train_every = gr.Number(DEFAULTS.preview_every, label="Preview and checkpoint every",
+                                                        precision=0, minimum=BOUNDS["preview_every"][0],
+                                                        maximum=BOUNDS["preview_every"][1], info="steps",
+                                                        elem_id="train-every")
+                            train_layers = gr.Dropdown(training.layer_choices(), value=DEFAULTS.train_layers,
+                                                       label="Layers to train")
+                        with gr.Row():
+                            train_button = gr.Button("Start training", variant="primary", scale=3, min_width=140)
+                            train_cancel = gr.Button("Cancel", variant="stop", scale=1, min_width=80)
+                    with gr.Column(scale=3):
+                        scan_text = gr.Markdown("Upload images or a zip to see what will be learned.",
+                                                elem_id="scan-summary")
+                        scan_classes = gr.Dataframe(headers=["Class", "Images", "In the model"], label="Classes",
+                                                    interactive=False, visible=False, elem_id="scan-classes",
+                                                    datatype=["str", "number", "str"], max_height=200)
+                        scan_thumbs = gr.Gallery(label="Images as the model will see them", columns=6, height=240,
+                                                 object_fit="contain", format="png", visible=False,
+                                                 elem_id="scan-thumbs", interactive=False)
+                        scan_skipped = gr.Dataframe(headers=["File", "Why it was skipped"], label="Skipped files",
+                                                    interactive=False, visible=False, wrap=True, max_height=220,
+                                                    elem_id="scan-skipped", column_widths=["40%", "60%"])
+                gr.Markdown("### Progress")
+                train_status = gr.Markdown("No run yet: upload images and press **Start training**.",
+                                           elem_id="train-status")
+                train_bar = gr.HTML(progress_html(0.0, "no run yet", "stopped"), elem_id="train-bar")
+                with gr.Row(equal_height=True):
+                    loss_plot = gr.LinePlot(None, x="step", y="loss", color="curve",
+                                            label="Training loss (grey: every step, orange: moving average)",
+                                            height=260, scale=3, x_title="step", y_title="cross-entropy (nats/token)",
+                                            color_title="", elem_id="loss-plot",
+                                            color_map={"loss per step": "#94a3b8", "moving average": "#ea580c"})
+                    train_preview = gr.Image(label="NAR samples (every few steps while training)", format="png",
+                                             interactive=False, height=260, scale=2, elem_id="train-preview",
+                                             buttons=["download", "fullscreen"])
+                gr.Markdown("### Runs")
+                with gr.Row(elem_id="runs-row"):
+                    runs = training.run_choices()
+                    runs_pick = gr.Dropdown(runs, value=runs[0][1] if runs else None, label="Runs on this server",
+                                            info="resume a stopped run up to Steps, follow the one training now, "
+                                                 "download weights or generate with them", scale=4,
+                                            allow_custom_value=True, filterable=True, elem_id="runs-pick")
+                    resume_button = gr.Button("Resume", scale=1, min_width=90)
+                    download_button = gr.Button("Download", scale=1, min_width=90)
+                    use_button = gr.Button("Use this model", variant="primary", scale=1, min_width=140)
+                train_weights = gr.File(label="Weights (best.safetensors) and resumable checkpoint (with the "
+                                              "optimiser state)", file_count="multiple", interactive=False,
+                                        elem_id="train-weights")
+                train_note = gr.Markdown(elem_id="train-note")
+                run_box = gr.Textbox(visible=False, label="Run id")
+                cancel_box = gr.Textbox(visible=False, label="Cancel")
+                run_info = gr.JSON(visible=False, label="Run")
+
         # -- events ----------------------------------------------------------------------------
         gen_dice.click(random_seed, None, gen_seed, api_name="random_seed", **light)
         cmp_dice.click(random_seed, None, cmp_seed, api_name="random_seed_compare", **light)
@@ -377,6 +579,34 @@ def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1):
         demo.load(on_page_load, view_inputs, load_outputs[1:], api_name="model_info", **light)
         demo.load(refresh_benchmarks, bench_pick, [bench_pick, lat_fig, measured_table],
                   api_name="benchmark_files", api_visibility="undocumented", **light)
+
+        scan = dict(concurrency_id="scan", concurrency_limit=2, show_progress="minimal")
+        stream = dict(concurrency_limit=None, show_progress="hidden")  # watching costs nothing; one job runs
+        run_outputs_list = [train_status, train_bar, loss_plot, train_preview, train_weights, runs_pick,
+                            run_box, run_info]
+        options = [train_steps, train_lr, train_batch, train_layers, train_every]
+        gr.on([train_files.change, train_loose.submit, train_loose.blur], scan_view, [train_files, train_loose],
+              [scan_text, scan_classes, scan_thumbs, scan_skipped], api_name="train_scan",
+              api_description="What an upload holds: a summary, the classes with counts, thumbnails, and every "
+                              "skipped file with the reason.", **scan)
+        train_button.click(start_training, [train_files, train_loose, *options], run_outputs_list, api_name="train",
+                           api_description="Fine-tune the active NAR model on uploaded images or zips; streams "
+                                           "progress every second and ends with the final status, losses and the "
+                                           "weights. Fails at once with 'server is busy' while another run trains.",
+                           **stream)
+        resume_button.click(resume_training, [runs_pick, *options], run_outputs_list, api_name="train_resume",
+                            api_description="Continue a stopped run up to Steps (or follow the run training now).",
+                            **stream)
+        train_cancel.click(cancel_training, run_box, cancel_box, api_name="train_cancel",
+                           api_description="Stop a run after its current step; its checkpoint is kept.", **light)
+        runs_pick.input(show_run, runs_pick, [train_status, train_bar, loss_plot, train_preview, run_box, run_info],
+                        api_name="train_status", api_description="The state and losses of a run.", **light)
+        download_button.click(download_run, runs_pick, train_weights, api_name="train_download", **light)
+        use_button.click(use_run, [runs_pick, *view_inputs], [train_note, *load_outputs[1:]], api_name="train_use",
+                         api_description="Make a run's weights the active NAR model of the Generate and Compare tabs.",
+                         **heavy)
+        demo.load(train_overview, [runs_pick, train_layers], [runs_pick, train_note, train_layers],
+                  api_name="train_runs", api_visibility="undocumented", **light)
     return demo
 
 
@@ -405,8 +635,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: cannot load the checkpoints in {folder}: {e}")
     atexit.register(shutil.rmtree, service.out_dir, ignore_errors=True)
+    from nar.training_service import TrainingService
+    try:
+        training = TrainingService(service, args.runs_dir)
+    except OSError as e:
+        sys.exit(f"error: cannot create the runs folder {args.runs_dir}: {e}")
     warm_up(service.studio)
-    demo = build_app(service, args.benchmarks, args.concurrency)
+    demo = build_app(service, args.benchmarks, args.concurrency, training)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
     launch = dict(allowed_paths=[str(service.out_dir)], max_file_size=args.max_upload, theme=theme(), css=CSS,
                   footer_links=["api", "settings"])

@@ -45,6 +45,7 @@ class LoadedModel:
     model: Transformer
     class_names: list[str]
     source: str
+    path: Optional[Path] = None       # the local file the weights came from (fine-tuning starts there)
 
     def describe(self) -> dict:
         cfg = self.model.config
@@ -65,7 +66,8 @@ def load_transformer(source: str | Path, filename: Optional[str] = None, *, expe
     model = build_transformer(ckpt)
     device = device or pick_device()
     model = model.to(device=device, dtype=dtype or pick_dtype(device))
-    return LoadedModel(model, class_names_of(ckpt), str(source if filename is None else f"{source}/{filename}"))
+    return LoadedModel(model, class_names_of(ckpt), str(source if filename is None else f"{source}/{filename}"),
+                       Path(path))
 
 
 def load_tokenizer(source: str | Path, filename: Optional[str] = None, device: Optional[torch.device] = None,

@@ -507,7 +507,7 @@ class Service:
                     if any(m.model.config.kind == ckpt.kind for m in models):
                         raise CheckpointError(f"two {ckpt.kind} checkpoints given; load one of each kind")
                     model = build_transformer(ckpt).to(device=device, dtype=dtype)
-                    models.append(LoadedModel(model, class_names_of(ckpt), label))
+                    models.append(LoadedModel(model, class_names_of(ckpt), label, Path(path)))
                 elif ckpt.kind == "vq":
                     if vq is not None:
                         raise CheckpointError("two tokenizer checkpoints given; load one of each kind")

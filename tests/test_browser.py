@@ -1,6 +1,6 @@
 """The app in a real browser: Playwright drives Debian's Chromium (/usr/bin/chromium; never
 `playwright install`). Picks a class, generates, watches the live caption step through the
-decode, and screenshots each tab.
+decode, uploads a small zip to the Train tab (no training is run), and screenshots each tab.
 
 As a script it takes the README screenshots into assets/ (with the bundled checkpoints when
 they exist, else with tiny random ones):
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from test_app import running_app  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-TABS = ("generate", "compare", "model")
+TABS = ("generate", "compare", "model", "train")
 # true once a caption shows "step k/N" with k at least half of N
 HALF_WAY = """() => {{ const m = document.querySelector('#{id}').innerText.match(/step (\\d+)\\/(\\d+)/);
   return m !== null && 2 * Number(m[1]) >= Number(m[2]); }}"""
@@ -39,8 +40,44 @@ WATCH = """() => {
 }"""
 
 
-def browse(url: str, shots: Path, class_name: str, seconds_per_frame: float, timeout_ms: int = 120_000) -> dict:
-    """Drive the three tabs; returns what was observed. Screenshots go to `shots`."""
+def demo_upload(path: Path, size: int = 64, per_class: int = 6) -> Path:
+    """A zip to show the Train tab with: a folder of stars and one of rings, and a stray text file
+    (which the tab lists as skipped, with the reason)."""
+    import io
+    import math
+    import zipfile
+
+    from PIL import Image, ImageDraw
+
+    def star(i: int) -> Image.Image:
+        img = Image.new("RGB", (size, size), "white")
+        cx, cy, r = size / 2 + (i % 3 - 1) * 4, size / 2 + (i % 2) * 3, size * (0.36 + 0.02 * (i % 3))
+        points = [(cx + (r if k % 2 == 0 else r * 0.45) * math.sin(math.pi * k / 5 + i * 0.1),
+                   cy - (r if k % 2 == 0 else r * 0.45) * math.cos(math.pi * k / 5 + i * 0.1)) for k in range(10)]
+        ImageDraw.Draw(img).polygon(points, fill=(250, 190 + 8 * (i % 4), 20), outline=(190, 120, 0))
+        return img
+
+    def ring(i: int) -> Image.Image:
+        img = Image.new("RGB", (size, size), "white")
+        r, c = size * (0.3 + 0.03 * (i % 3)), size / 2 + (i % 3 - 1) * 3
+        ImageDraw.Draw(img).ellipse((c - r, c - r, c + r, c + r), outline=(30, 90 + 20 * (i % 4), 220),
+                                    width=max(2, size // 9))
+        return img
+
+    with zipfile.ZipFile(path, "w") as z:
+        for name, draw in (("star", star), ("ring", ring)):
+            for i in range(per_class):
+                buf = io.BytesIO()
+                draw(i).save(buf, format="PNG")
+                z.writestr(f"{name}/{name}-{i}.png", buf.getvalue())
+        z.writestr("star/notes.txt", "drawn for the screenshot\n")
+    return path
+
+
+def browse(url: str, shots: Path, class_name: str, seconds_per_frame: float, timeout_ms: int = 120_000,
+           train_steps: int = 0) -> dict:
+    """Drive the four tabs (with a fine-tuning run of `train_steps` steps, if any); returns what was
+    observed. Screenshots go to `shots`."""
     from playwright.sync_api import sync_playwright
     shots.mkdir(parents=True, exist_ok=True)
     seen = {}
@@ -91,6 +128,38 @@ def browse(url: str, shots: Path, class_name: str, seconds_per_frame: float, tim
             page.wait_for_timeout(500)
             seen["model"] = page.locator("#model-table").inner_text()
             page.screenshot(path=str(shots / "screenshot_model.png"), full_page=True)
+
+            page.get_by_role("tab", name="Train").click()
+            with tempfile.TemporaryDirectory() as folder:  # the browser reads the file after this call
+                upload = demo_upload(Path(folder) / "shapes.zip")
+                page.locator("#train-files input[type=file]").set_input_files(str(upload))
+                page.wait_for_function("document.querySelector('#scan-summary').innerText.includes('Found')",
+                                       timeout=timeout_ms)
+            page.wait_for_selector("#scan-thumbs img", timeout=timeout_ms)
+            page.wait_for_timeout(800)
+            seen["scan"] = page.locator("#scan-summary").inner_text()
+            seen["skipped"] = page.locator("#scan-skipped").inner_text()
+            seen["limits"] = page.locator("#train-limits").inner_text()
+            if train_steps:  # a short run: the loss curve, the progress bar and the samples fill in
+                for box, value in ((page.get_by_label("number input for Steps"), train_steps),
+                                   (page.get_by_label("number input for Batch size"), 8),
+                                   (page.locator("#train-every input"), max(1, train_steps // 4)),
+                                   (page.locator("#train-lr input"), 0.003)):
+                    box.fill(str(value))
+                    box.press("Enter")
+                page.get_by_role("button", name="Start training", exact=True).click()
+                page.wait_for_function("document.querySelector('#train-status').innerText.includes('Training')",
+                                       timeout=timeout_ms)
+                seen["training"] = page.locator("#train-bar").inner_text()
+                page.wait_for_function("document.querySelector('#train-status').innerText.includes('Finished')",
+                                       timeout=timeout_ms)
+                page.wait_for_selector("#train-preview img", timeout=timeout_ms)
+                page.wait_for_selector("#train-weights a", timeout=timeout_ms)
+                page.wait_for_timeout(1000)
+                seen["train_status"] = page.locator("#train-status").inner_text()
+                seen["weights"] = page.locator("#train-weights").inner_text()
+                seen["loss_plot"] = page.locator("#loss-plot canvas, #loss-plot svg").count()
+            page.screenshot(path=str(shots / "screenshot_train.png"), full_page=True)
         finally:
             browser.close()
     return seen
@@ -99,9 +168,10 @@ def browse(url: str, shots: Path, class_name: str, seconds_per_frame: float, tim
 # Outside CI a machine without chromium skips this test; CI (.ci/run installs chromium) never does.
 @pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
                     reason="Debian's chromium is not installed (apt-get install chromium)")
-def test_generate_in_the_browser(tiny_checkpoints, tmp_path):
+def test_generate_in_the_browser(tiny_checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAR_STUDIO_RUNS_DIR", str(tmp_path / "runs"))   # the app's --runs-dir default
     with running_app(tiny_checkpoints["vq"].parent) as url:
-        seen = browse(url, tmp_path / "shots", "dog", seconds_per_frame=0.25)
+        seen = browse(url, tmp_path / "shots", "dog", seconds_per_frame=0.25, train_steps=24)
     assert seen["class"] == "dog"
     # intermediate frames were shown: the caption stepped through "step k/7" before "done"
     steps = {int(m.group(1)) for c in seen["captions"] for m in [re.search(r"step (\d+)/7", c)] if m}
@@ -113,6 +183,13 @@ def test_generate_in_the_browser(tiny_checkpoints, tmp_path):
     assert all("done" in c for c in seen["compare"].values())
     assert "NAR" in seen["table"] and "Raster" in seen["table"] and "ZipAR" in seen["table"]
     assert "NAR model" in seen["model"] and "4x4" in seen["model"] and "float32" in seen["model"]
+    assert "12 images" in seen["scan"] and "2 classes" in seen["scan"] and "1 file skipped" in seen["scan"]
+    assert "notes.txt" in seen["skipped"] and "not a PNG" in seen["skipped"]
+    assert "4096x4096 pixels per image" in seen["limits"]
+    # the short run streamed its progress, finished, drew its loss curve and offered its weights
+    assert "step" in seen["training"] and "Finished" in seen["train_status"] and "24 steps" in seen["train_status"]
+    assert seen["loss_plot"] >= 1 and "step24" in seen["weights"] and "resumable" in seen["weights"]
+    assert list((tmp_path / "runs").iterdir())          # the run lives in the runs folder given
     for tab in TABS:
         shot = tmp_path / "shots" / f"screenshot_{tab}.png"
         assert shot.stat().st_size > 10_000
@@ -126,6 +203,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=ROOT / "assets")
     p.add_argument("--class-name", default=None, help="class to generate (default: the model's first)")
     p.add_argument("--seconds-per-frame", type=float, default=0.1)
+    p.add_argument("--train-steps", type=int, default=40, help="steps of the fine-tuning run in the Train tab "
+                                                                "screenshot (0: only upload)")
     args = p.parse_args(argv)
     folder = args.checkpoints
     if not all((folder / f"{k}.safetensors").is_file() for k in ("nar", "raster", "vq")):
@@ -137,8 +216,9 @@ def main(argv=None) -> None:
     if class_name is None:
         from nar.checkpoint import class_names_of, read_checkpoint
         class_name = class_names_of(read_checkpoint(folder / "nar.safetensors"))[0]
+    os.environ["NAR_STUDIO_RUNS_DIR"] = tempfile.mkdtemp(prefix="nar-screenshot-runs-")  # not the real runs
     with running_app(folder, threads=None) as url:
-        seen = browse(url, args.out, class_name, args.seconds_per_frame)
+        seen = browse(url, args.out, class_name, args.seconds_per_frame, train_steps=args.train_steps)
     print({k: v for k, v in seen.items() if k in ("race", "compare", "frames", "gallery")})
     for name in (*TABS, "decoding", "compare_race"):
         print(args.out / f"screenshot_{name}.png")
