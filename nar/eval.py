@@ -100,6 +100,8 @@ def evaluate(studio: Studio, judge_path: str, data_dir: str, orders: list[str], 
 
 def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nar.eval", description="Judge the decoding orders' samples.")
+    p.add_argument("--checkpoints", default=str(ROOT / "checkpoints"),
+                   help="folder with nar.safetensors, raster.safetensors and vq.safetensors")
     p.add_argument("--judge", default=str(ROOT / "checkpoints" / "judge.safetensors"))
     p.add_argument("--data", default=str(ROOT / "data" / "emoji"))
     p.add_argument("--orders", default="nar,raster,zipar")
@@ -116,7 +118,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     sampling = SamplingConfig(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
                               seed=args.seed).validate()
     try:
-        studio = Studio.bundled(args.device)
+        studio = Studio.from_folder(Path(args.checkpoints), args.device)
         results = evaluate(studio, args.judge, args.data, args.orders.split(","), args.per_class, sampling,
                            args.window, Path(args.samples_dir) if args.samples_dir else None)
     except (FileNotFoundError, ValueError) as e:

@@ -88,14 +88,23 @@ class Studio:
         self._blank_token: Optional[int] = None
 
     @classmethod
-    def bundled(cls, device: Optional[str] = None) -> "Studio":
-        missing = [str(p) for p in BUNDLED.values() if not p.is_file()]
+    def from_folder(cls, folder: Path, device: Optional[str] = None) -> "Studio":
+        """The models in a folder holding nar.safetensors, raster.safetensors and vq.safetensors."""
+        files = {name: Path(folder) / f"{name}.safetensors" for name in ("nar", "raster", "vq")}
+        missing = [str(p) for p in files.values() if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"bundled checkpoints missing: {', '.join(missing)}")
+            raise FileNotFoundError(f"checkpoints missing: {', '.join(missing)}")
         dev = pick_device(device)
-        return cls(load_tokenizer(BUNDLED["vq"], device=dev),
-                   load_transformer(BUNDLED["nar"], expect_kind="nar", device=dev),
-                   load_transformer(BUNDLED["raster"], expect_kind="raster", device=dev))
+        vq = load_tokenizer(files["vq"], device=dev)
+        vq.source = str(files["vq"])
+        studio = cls(vq)
+        for kind in ("nar", "raster"):  # swap checks each model against the tokenizer
+            studio.swap(load_transformer(files[kind], expect_kind=kind, device=dev))
+        return studio
+
+    @classmethod
+    def bundled(cls, device: Optional[str] = None) -> "Studio":
+        return cls.from_folder(BUNDLED["nar"].parent, device)
 
     @property
     def device(self) -> torch.device:

@@ -28,7 +28,7 @@ import torch
 
 from .checkpoint import CheckpointError, build_transformer, build_vq, class_names_of, read_checkpoint, resolve
 from .config import SamplingConfig
-from .pipeline import LoadedModel, Studio, load_tokenizer, load_transformer, pick_dtype
+from .pipeline import LoadedModel, Studio, pick_dtype
 from .render import save_gif, save_mp4, save_png, tile, upscale
 from .schedules import ORDERS
 
@@ -577,19 +577,7 @@ def _slug(text: str) -> str:
 
 def load_folder(folder: Path, device: Optional[str] = None) -> Studio:
     """The Studio of a folder holding nar.safetensors, raster.safetensors and vq.safetensors."""
-    from .pipeline import pick_device
-    folder = Path(folder)
-    missing = [name for name in ("nar.safetensors", "raster.safetensors", "vq.safetensors")
-               if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{folder} lacks {', '.join(missing)}")
-    dev = pick_device(device)
-    vq = load_tokenizer(folder / "vq.safetensors", device=dev)
-    vq.source = str(folder / "vq.safetensors")
-    studio = Studio(vq)
-    for kind in ("nar", "raster"):
-        studio.swap(load_transformer(folder / f"{kind}.safetensors", expect_kind=kind, device=dev))
-    return studio
+    return Studio.from_folder(folder, device)
 
 
 def warm_up(studio: Studio) -> None:
