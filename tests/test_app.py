@@ -32,16 +32,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(checkpoints: Path, timeout: float = 120.0, threads: Optional[int] = 1):
-    """`python app.py --checkpoints DIR` on a free loopback port; yields its URL. One torch thread
-    by default: the tiny models gain nothing from more, and CI shares two cores."""
+def running_app(checkpoints: Path, timeout: float = 120.0, threads: Optional[int] = 1, extra_args=()):
+    """`python app.py --checkpoints DIR [extra_args]` on a free loopback port; yields its URL.
+    One torch thread by default: the tiny models gain nothing from more, and CI shares two cores."""
     port = free_port()
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     log = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([sys.executable, "app.py", "--checkpoints", str(checkpoints), "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "app.py", "--checkpoints", str(checkpoints), "--port", str(port),
+                             *map(str, extra_args)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + timeout

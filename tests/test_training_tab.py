@@ -7,13 +7,9 @@ active model. Hostile uploads are skipped or refused with their reasons and the 
 generating. A run is cancelled and resumed, and a second user is told the server is busy."""
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import struct
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import zipfile
@@ -25,43 +21,14 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_app import free_port, generate  # noqa: E402
+from test_app import generate, running_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@contextlib.contextmanager
-def app_with_runs(checkpoints: Path, runs_dir: Path, timeout: float = 120.0):
-    """`python app.py --checkpoints DIR --runs-dir RUNS` on a free loopback port, one torch thread."""
-    port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    log = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([sys.executable, "app.py", "--checkpoints", str(checkpoints), "--port", str(port),
-                             "--runs-dir", str(runs_dir)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"app exited with {proc.returncode}:\n{log.read()}")
-            try:
-                with urllib.request.urlopen(url + "config", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"app did not start within {timeout} s")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+def app_with_runs(checkpoints: Path, runs_dir: Path):
+    """The app on a free loopback port with its fine-tuning runs in `runs_dir`."""
+    return running_app(checkpoints, extra_args=("--runs-dir", runs_dir))
 
 
 @pytest.fixture(scope="module")
