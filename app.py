@@ -4,6 +4,7 @@ race it against raster and ZipAR decoding of the same class and seed, and teach 
     python app.py                              # bundled checkpoints, http://127.0.0.1:7860
     python app.py --checkpoints DIR --port 7861
     python app.py --runs-dir /data/runs        # where the Train tab keeps its runs (default runs/finetune)
+    NAR_STUDIO_AUTH=alice:secret python app.py --host 0.0.0.0   # on the network, behind a password
     GRADIO_SERVER_NAME=0.0.0.0 python app.py   # Gradio's own environment variables work too
 
 The UI only wires components to nar/service.py (requests, streaming, files, model loading),
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import logging
 import os
 import shutil
 import sys
@@ -67,7 +69,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS,
                    help="folder with nar.safetensors, raster.safetensors and vq.safetensors "
                         "(default: the bundled checkpoints/)")
-    p.add_argument("--host", default=None, help="address to serve on (default 127.0.0.1, or GRADIO_SERVER_NAME)")
+    p.add_argument("--host", default=None,
+                   help="address to serve on (default 127.0.0.1, or GRADIO_SERVER_NAME); 0.0.0.0 serves the "
+                        "network: use it with --auth or behind an authenticating reverse proxy")
     p.add_argument("--port", type=int, default=None, help="port (default 7860, or GRADIO_SERVER_PORT)")
     p.add_argument("--device", default="auto", help="cuda, cpu, ... (default: a GPU when there is one)")
     p.add_argument("--concurrency", type=int, default=1,
@@ -75,6 +79,16 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--benchmarks", type=Path, default=BENCHMARKS,
                    help="folder of `python -m nar.bench` results to plot (default benchmarks/)")
     p.add_argument("--max-upload", default="4gb", help="largest checkpoint upload accepted (default 4gb)")
+    p.add_argument("--auth", default=None, metavar="USER:PASSWORD[,USER:PASSWORD]",
+                   help="require a login (default: $NAR_STUDIO_AUTH, which keeps the password out of the "
+                        "process list; no login when neither is set)")
+    p.add_argument("--max-sessions", type=int, default=500,
+                   help="browser/API sessions whose state the server keeps (about 0.5 MB each; the least "
+                        "recently used are dropped first, which costs their users nothing in this app) "
+                        "(default 500)")
+    p.add_argument("--queue-size", type=int, default=64,
+                   help="requests that may wait for the decoder; more are refused with 'queue is full' "
+                        "(default 64)")
     p.add_argument("--runs-dir", type=Path, default=Path(os.environ.get("NAR_STUDIO_RUNS_DIR") or RUNS),
                    help="folder for the Train tab's fine-tuning runs (default: $NAR_STUDIO_RUNS_DIR or "
                         "runs/finetune; created at start)")
@@ -92,6 +106,7 @@ def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1, trai
 
     from nar import plots
     from nar.checkpoint import CheckpointError
+    from nar.guard import Number, Slider   # gr.Slider / gr.Number that answer a non-number clearly
     from nar.service import (COMPARE_HEADERS, COMPARE_ORDERS, MAX_FRAME_SECONDS, ORDER_LABELS,
                              GenerateRequest, benchmark_files, gpu, normalise_result, random_seed,
                              read_benchmark)
@@ -136,16 +151,14 @@ def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1, trai
                                   cfg_scale=cfg_scale, cfg_interval=cfg_interval, temperature=temperature,
                                   top_k=top_k, top_p=top_p, seed=seed)
         try:
-            first = True
             for u in service.generate(request, seconds_per_frame):
                 if u.done:
                     yield (u.frame, u.caption, [(str(p), label) for p, label in zip(u.images, u.labels)],
                            str(u.gif), str(u.mp4) if u.mp4 else None)
-                elif first:  # clear the previous results as the new decode starts
-                    first = False
+                else:  # the previous results are cleared as the new decode starts. (Not gr.skip():
+                    # Gradio builds a new component for every skipped output of every frame, and
+                    # that cost memory on each request in the load test; None costs nothing.)
                     yield u.frame, u.caption, None, None, None
-                else:
-                    yield u.frame, u.caption, gr.skip(), gr.skip(), gr.skip()
         except problems as e:
             raise fail(e) from None
 
@@ -158,8 +171,8 @@ def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1, trai
                 captions = [u.captions[o] for o in COMPARE_ORDERS]
                 if u.done:
                     yield (*images, *captions, u.rows, str(u.gif))
-                else:
-                    yield (*images, *captions, gr.skip(), gr.skip())
+                else:  # the table and GIF of the previous race clear as this one starts (see generate)
+                    yield (*images, *captions, None, None)
         except problems as e:
             raise fail(e) from None
 
@@ -340,6 +353,8 @@ def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1, trai
         if job is not None and job.thread.is_alive():
             note = (f"A training job is running on this server now (run {job.run_id}, step {job.state.step}/"
                     f"{job.state.total_steps}). Pick it under **Runs** and press **Resume** to follow it.")
+        else:
+            note = training.interrupted_note()
         choices = training.layer_choices()
         return (runs_update(current_run), note,
                 gr.update(choices=choices, value=layers if layers in [v for _, v in choices] else "all"))
@@ -355,28 +370,28 @@ def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1, trai
                         gen_class = gr.Dropdown(classes, value=classes[0] if classes else None, label="Class",
                                                 allow_custom_value=True, filterable=True)
                         with gr.Row(elem_id="seed-row"):
-                            gen_seed = gr.Number(0, label="Seed", precision=0, scale=3, minimum=0)
+                            gen_seed = Number(0, label="Seed", precision=0, scale=3, minimum=0)
                             gen_dice = gr.Button("Random", scale=1, min_width=90, size="md")
-                        gen_num = gr.Slider(1, 8, value=1, step=1, label="Number of images")
+                        gen_num = Slider(1, 8, value=1, step=1, label="Number of images")
                         gen_order = gr.Radio([("NAR (diagonal front)", "nar"), ("Raster", "raster"),
                                               ("ZipAR", "zipar")], value="nar", label="Decoding order")
-                        gen_window = gr.Slider(1, n, value=default_window, step=1, label="ZipAR window (tokens)",
-                                               info="a row starts once the row above holds this many tokens",
-                                               visible=False)
+                        gen_window = Slider(1, n, value=default_window, step=1, label="ZipAR window (tokens)",
+                                            info="a row starts once the row above holds this many tokens",
+                                            visible=False)
                         with gr.Accordion("Sampling", open=False):
-                            gen_cfg = gr.Slider(1.0, 15.0, value=4.0, step=0.25, label="CFG scale",
-                                                info="classifier-free guidance; 1 = off")
-                            gen_cfg_interval = gr.Number(-1, label="CFG interval (tokens)", precision=0,
-                                                         info="guidance stops after this many tokens; -1 = always")
-                            gen_temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
+                            gen_cfg = Slider(1.0, 15.0, value=4.0, step=0.25, label="CFG scale",
+                                             info="classifier-free guidance; 1 = off")
+                            gen_cfg_interval = Number(-1, label="CFG interval (tokens)", precision=0,
+                                                      info="guidance stops after this many tokens; -1 = always")
+                            gen_temperature = Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
                             with gr.Row():
-                                gen_top_k = gr.Number(2000, label="Top-k", precision=0, info="0 = off", minimum=0)
-                                gen_top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p",
-                                                      info="1 = off")
-                        gen_pace = gr.Slider(0.0, MAX_FRAME_SECONDS, value=0.1, step=0.05,
-                                             label="Playback: minimum seconds per frame",
-                                             info="slows the live view so the front can be followed; "
-                                                  "never counted in the decode time")
+                                gen_top_k = Number(2000, label="Top-k", precision=0, info="0 = off", minimum=0)
+                                gen_top_p = Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p",
+                                                   info="1 = off")
+                        gen_pace = Slider(0.0, MAX_FRAME_SECONDS, value=0.1, step=0.05,
+                                          label="Playback: minimum seconds per frame",
+                                          info="slows the live view so the front can be followed; "
+                                               "never counted in the decode time")
                         with gr.Row():
                             gen_button = gr.Button("Generate", variant="primary", scale=3, min_width=120)
                             gen_stop = gr.Button("Stop", variant="stop", scale=1, min_width=60)
@@ -401,15 +416,15 @@ def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1, trai
                     cmp_class = gr.Dropdown(classes, value=classes[0] if classes else None, label="Class",
                                             allow_custom_value=True, filterable=True, scale=3)
                     with gr.Row(elem_id="cmp-seed-row", scale=3):
-                        cmp_seed = gr.Number(0, label="Seed", precision=0, minimum=0, scale=3)
+                        cmp_seed = Number(0, label="Seed", precision=0, minimum=0, scale=3)
                         cmp_dice = gr.Button("Random", scale=1, min_width=90, size="md")
-                    cmp_cfg = gr.Slider(1.0, 15.0, value=4.0, step=0.25, label="CFG scale", scale=3)
+                    cmp_cfg = Slider(1.0, 15.0, value=4.0, step=0.25, label="CFG scale", scale=3)
                 with gr.Row(equal_height=True):
-                    cmp_window = gr.Slider(1, n, value=default_window, step=1, label="ZipAR window (tokens)", scale=3,
-                                           info="a row starts once the row above holds this many tokens")
-                    cmp_pace = gr.Slider(0.0, MAX_FRAME_SECONDS, value=0.05, step=0.05, scale=3,
-                                         label="Playback: minimum seconds per frame",
-                                         info="not counted in the decode times")
+                    cmp_window = Slider(1, n, value=default_window, step=1, label="ZipAR window (tokens)", scale=3,
+                                        info="a row starts once the row above holds this many tokens")
+                    cmp_pace = Slider(0.0, MAX_FRAME_SECONDS, value=0.05, step=0.05, scale=3,
+                                      label="Playback: minimum seconds per frame",
+                                      info="not counted in the decode times")
                     with gr.Column(scale=3, min_width=200):
                         cmp_button = gr.Button("Compare", variant="primary")
                         cmp_stop = gr.Button("Stop", variant="stop", size="sm")
@@ -461,8 +476,8 @@ def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1, trai
                                                file_types=[".safetensors", ".pt", ".pth", ".bin"], height=140)
                         upload_button = gr.Button("Load uploaded files")
                 with gr.Row(equal_height=True):
-                    load_grid = gr.Number(n, label="Token grid of official checkpoints (tokens per side)",
-                                          precision=0, minimum=1, maximum=64, scale=2)
+                    load_grid = Number(n, label="Token grid of official checkpoints (tokens per side)",
+                                       precision=0, minimum=1, maximum=64, scale=2)
                     reset_button = gr.Button("Back to the startup checkpoints", scale=1)
                 load_status = gr.Markdown(elem_id="load-status")
 
@@ -482,18 +497,18 @@ def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1, trai
                         gr.Markdown(f"Limits: {training.limits_text()}.", elem_classes="hint", elem_id="train-limits")
                         with gr.Accordion("Training options", open=True):
                             with gr.Row():
-                                train_steps = gr.Slider(*BOUNDS["steps"], value=DEFAULTS.steps, step=1, label="Steps")
-                                train_batch = gr.Slider(*BOUNDS["batch_size"], value=DEFAULTS.batch_size, step=1,
-                                                        label="Batch size")
+                                train_steps = Slider(*BOUNDS["steps"], value=DEFAULTS.steps, step=1, label="Steps")
+                                train_batch = Slider(*BOUNDS["batch_size"], value=DEFAULTS.batch_size, step=1,
+                                                     label="Batch size")
                             with gr.Row():
                                 lo, hi = BOUNDS["lr"]
-                                train_lr = gr.Number(DEFAULTS.lr, label="Learning rate", minimum=lo, maximum=hi,
-                                                     info=f"{lo:.0e} to {hi:.0e}; warm-up, then cosine decay".replace("e-0", "e-"),
-                                                     elem_id="train-lr")
-                                train_every = gr.Number(DEFAULTS.preview_every, label="Preview and checkpoint every",
-                                                        precision=0, minimum=BOUNDS["preview_every"][0],
-                                                        maximum=BOUNDS["preview_every"][1], info="steps",
-                                                        elem_id="train-every")
+                                train_lr = Number(DEFAULTS.lr, label="Learning rate", minimum=lo, maximum=hi,
+                                                  info=f"{lo:.0e} to {hi:.0e}; warm-up, then cosine decay".replace("e-0", "e-"),
+                                                  elem_id="train-lr")
+                                train_every = Number(DEFAULTS.preview_every, label="Preview and checkpoint every",
+                                                     precision=0, minimum=BOUNDS["preview_every"][0],
+                                                     maximum=BOUNDS["preview_every"][1], info="steps",
+                                                     elem_id="train-every")
                             train_layers = gr.Dropdown(training.layer_choices(), value=DEFAULTS.train_layers,
                                                        label="Layers to train")
                         with gr.Row():
@@ -626,6 +641,16 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(HOW_TO_GET.format(folder=folder, missing=", ".join(missing)))
     if args.concurrency < 1:
         sys.exit("--concurrency must be at least 1")
+    if args.queue_size < 1 or args.max_sessions < 1:
+        sys.exit("--queue-size and --max-sessions must be at least 1")
+    from nar.guard import AUTH_ENV, parse_auth, tune_allocator
+    try:
+        auth = parse_auth(args.auth if args.auth is not None else os.environ.get(AUTH_ENV))
+    except ValueError as e:
+        sys.exit(f"error: --auth / {AUTH_ENV}: {e}")
+    logging.basicConfig(format="[%(asctime)s] %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("nar").setLevel(logging.INFO)
+    tune_allocator()   # before any thread starts: keeps the RSS of a long-running server flat
 
     from nar.checkpoint import CheckpointError
     from nar.service import Service, warm_up
@@ -642,16 +667,29 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(f"error: cannot create the runs folder {args.runs_dir}: {e}")
     warm_up(service.studio)
     demo = build_app(service, args.benchmarks, args.concurrency, training)
-    demo.queue(default_concurrency_limit=args.concurrency, max_size=64)
-    launch = dict(allowed_paths=[str(service.out_dir)], max_file_size=args.max_upload, theme=theme(), css=CSS,
-                  footer_links=["api", "settings"])
-    if args.host:
-        launch["server_name"] = args.host
-    elif not os.environ.get("GRADIO_SERVER_NAME"):
-        launch["server_name"] = "127.0.0.1"
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+    demo.launch(**launch_options(args, service.out_dir, auth))
+
+
+def launch_options(args: argparse.Namespace, out_dir: Path, auth: list) -> dict:
+    """demo.launch's arguments: loopback unless told otherwise, only the app's own output folder
+    served, request bodies capped, errors shown as messages (never tracebacks)."""
+    from starlette.middleware import Middleware
+
+    from nar.guard import BodyLimit, exposure_warning, resolve_host
+    host = resolve_host(args.host)
+    warning = exposure_warning(host, auth)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    launch = dict(server_name=host, allowed_paths=[str(out_dir)], max_file_size=args.max_upload, theme=theme(),
+                  css=CSS, footer_links=["api", "settings"], show_error=True,
+                  state_session_capacity=args.max_sessions,
+                  app_kwargs={"middleware": [Middleware(BodyLimit)]})
+    if auth:
+        launch["auth"] = auth
     if args.port:
         launch["server_port"] = args.port
-    demo.launch(**launch)
+    return launch
 
 
 if __name__ == "__main__":

@@ -221,6 +221,13 @@ def read_checkpoint(path: str | os.PathLike, grid_size: int = 16) -> Checkpoint:
 def load_state_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], name: str) -> None:
     """load_state_dict(strict=True) with a message that names what is missing, unexpected or
     mis-shaped."""
+    check_state_matches(module, state_dict, name)
+    module.load_state_dict(state_dict, strict=True)
+
+
+def check_state_matches(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], name: str) -> None:
+    """CheckpointError naming what is missing, unexpected or mis-shaped; `module` may live on the
+    meta device (shapes only)."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -233,7 +240,61 @@ def load_state_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Te
             problems.append(f"{len(items)} {label}: {shown}")
     if problems:
         raise CheckpointError(f"{name} does not match its model: " + "; ".join(problems))
-    module.load_state_dict(state_dict, strict=True)
+
+
+# What a checkpoint's config may ask for. A config is only metadata: a tiny hostile file could ask
+# for a model of a trillion parameters, so the configs are bounded first, and the model is built
+# on the meta device (no memory) and checked against the file's tensors before it is built for real.
+# The bounds are far above every official size (GPT-XXL: 48 layers, dim 1536; 16..32 tokens per side).
+MODEL_BOUNDS = {"dim": (8, 16384), "n_layer": (1, 256), "n_head": (1, 256), "n_kv_head": (1, 256),
+                "num_classes": (1, 1_000_000), "vocab_size": (2, 1 << 20), "grid_size": (1, 64),
+                "extra_blocks": (0, 16), "multiple_of": (1, 1 << 16), "ffn_dim_multiplier": (0.01, 64.0)}
+VQ_BOUNDS = {"codebook_size": (2, 1 << 20), "codebook_embed_dim": (1, 4096), "z_channels": (1, 8192),
+             "base_channels": (1, 4096), "num_res_blocks": (0, 16), "image_size": (8, 4096)}
+MAX_CH_MULT = (8, 64)   # levels, multiplier
+
+
+def _check_bounds(config: Mapping[str, Any], bounds: Mapping[str, tuple], name: str) -> list[str]:
+    problems = []
+    for key, (lo, hi) in bounds.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            problems.append(f"{key}={str(value)[:40]} (allowed {lo} to {hi})")
+    return problems
+
+
+def check_config_bounds(kind: str, config: Mapping[str, Any], name: str) -> None:
+    """CheckpointError if a checkpoint's config asks for more than any real model of its kind."""
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{name} has an invalid config (not a JSON object)")
+    if kind == "vq":
+        problems = _check_bounds(config, VQ_BOUNDS, name)
+        for key in ("encoder_ch_mult", "decoder_ch_mult"):
+            mult = config.get(key)
+            if mult is not None and (not isinstance(mult, list) or not 1 <= len(mult) <= MAX_CH_MULT[0]
+                                     or not all(isinstance(m, int) and 1 <= m <= MAX_CH_MULT[1] for m in mult)):
+                problems.append(f"{key}={str(mult)[:40]} (up to {MAX_CH_MULT[0]} levels of 1 to {MAX_CH_MULT[1]})")
+        mult = config.get("encoder_ch_mult")
+        size = config.get("image_size")
+        if not problems and isinstance(mult, list) and isinstance(size, int) and size // 2 ** (len(mult) - 1) > 64:
+            problems.append(f"a {size} px image with {len(mult)} levels is more than 64 tokens per side")
+    else:
+        problems = _check_bounds(config, MODEL_BOUNDS, name)
+    if problems:
+        raise CheckpointError(f"{name} asks for a model beyond what NAR Studio loads: " + ", ".join(problems))
+
+
+def _checked_build(cls, config, ckpt: "Checkpoint", name: str):
+    """cls(config) with the checkpoint's weights: shapes checked on the meta device first."""
+    with torch.device("meta"):
+        skeleton = cls(config)
+    check_state_matches(skeleton, ckpt.state_dict, name)
+    del skeleton
+    model = cls(config)
+    model.load_state_dict(ckpt.state_dict, strict=True)
+    return model.eval()
 
 
 # -- Hugging Face Hub -----------------------------------------------------------------------
@@ -284,17 +345,25 @@ _REPO_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
 
 def validate_repo_id(repo_id: str) -> str:
     import re
-    if not re.fullmatch(f"{_REPO_PART}/{_REPO_PART}", repo_id or "") or ".." in repo_id:
-        raise CheckpointError(f"{repo_id!r} is not a Hub repo id (owner/name)")
+    if not isinstance(repo_id, str) or not re.fullmatch(f"{_REPO_PART}/{_REPO_PART}", repo_id or "") \
+            or ".." in repo_id:
+        raise CheckpointError(f"{_quoted(repo_id)} is not a Hub repo id (owner/name)")
     return repo_id
 
 
 def validate_repo_filename(filename: Optional[str]) -> str:
-    parts = (filename or "").split("/")
-    if not filename or filename.startswith("/") or any(p in ("", ".", "..") for p in parts) \
-            or "\\" in filename or len(filename) > 200:
-        raise CheckpointError(f"{filename!r} is not a file name inside a Hub repository")
+    if not isinstance(filename, str) or not filename:
+        raise CheckpointError(f"{_quoted(filename)} is not a file name inside a Hub repository")
+    parts = filename.split("/")
+    if filename.startswith("/") or any(p in ("", ".", "..") for p in parts) \
+            or "\\" in filename or ":" in filename or len(filename) > 200:
+        raise CheckpointError(f"{_quoted(filename)} is not a file name inside a Hub repository")
     return filename
+
+
+def _quoted(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(str(value)):,} characters)"
 
 
 # -- building models from checkpoints -------------------------------------------------------
@@ -304,13 +373,13 @@ def build_transformer(ckpt: Checkpoint):
     from .model import Transformer
     if ckpt.kind not in ("nar", "raster"):
         raise CheckpointError(f"{Path(ckpt.source).name} is a {ckpt.kind} checkpoint, not a NAR or raster model")
+    name = Path(ckpt.source).name or "checkpoint"
+    check_config_bounds(ckpt.kind, ckpt.config, name)
     try:
         config = ModelConfig.from_dict(ckpt.config)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{Path(ckpt.source).name} has an invalid model config ({e})") from e
-    model = Transformer(config)
-    load_state_strict(model, ckpt.state_dict, Path(ckpt.source).name or "checkpoint")
-    return model.eval()
+        raise CheckpointError(f"{name} has an invalid model config ({str(e)[:300]})") from e
+    return _checked_build(Transformer, config, ckpt, name)
 
 
 def class_names_of(ckpt: Checkpoint) -> list[str]:
@@ -334,10 +403,10 @@ def build_vq(ckpt: Checkpoint):
     from .vq import VQModel
     if ckpt.kind != "vq":
         raise CheckpointError(f"{Path(ckpt.source).name} is a {ckpt.kind} checkpoint, not a VQ tokenizer")
+    name = Path(ckpt.source).name or "checkpoint"
+    check_config_bounds("vq", ckpt.config, name)
     try:
         config = VQConfig.from_dict(ckpt.config)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{Path(ckpt.source).name} has an invalid tokenizer config ({e})") from e
-    model = VQModel(config)
-    load_state_strict(model, ckpt.state_dict, Path(ckpt.source).name or "checkpoint")
-    return model.eval()
+        raise CheckpointError(f"{name} has an invalid tokenizer config ({str(e)[:300]})") from e
+    return _checked_build(VQModel, config, ckpt, name)

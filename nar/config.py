@@ -149,12 +149,12 @@ class SamplingConfig:
         problems = []
         if not (0.0 <= self.cfg_scale <= 50.0):
             problems.append(f"cfg_scale must be in [0, 50], got {self.cfg_scale}")
-        if self.cfg_interval < -1:
-            problems.append(f"cfg_interval must be -1 (always) or >= 0, got {self.cfg_interval}")
+        if not -1 <= self.cfg_interval < 2 ** 31:
+            problems.append(f"cfg_interval must be -1 (always) or in [0, 2**31), got {self.cfg_interval}")
         if not (0.0 < self.temperature <= 10.0):
             problems.append(f"temperature must be in (0, 10], got {self.temperature}")
-        if self.top_k < 0:
-            problems.append(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 <= self.top_k < 2 ** 31:
+            problems.append(f"top_k must be in [0, 2**31) (0 = off), got {self.top_k}")
         if not (0.0 < self.top_p <= 1.0):
             problems.append(f"top_p must be in (0, 1], got {self.top_p}")
         if not (0 <= self.seed < 2 ** 63):

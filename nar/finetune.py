@@ -6,6 +6,8 @@ handling, a run folder per job, and the state a UI polls.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import threading
 import time
@@ -28,6 +30,26 @@ from .train import Callbacks, TrainConfig, split_run_checkpoint, train_loop
 from .uploads import UploadReport
 
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")
+RUN_FILE = "run.json"                # status, target steps and options of a run, rewritten as it changes
+ACTIVE = ("starting", "tokenizing", "training")   # a run file left in one of these: the server died
+
+
+def read_run_file(run_dir: Path) -> dict:
+    """The run's run.json, or {} when it is missing or unreadable."""
+    try:
+        data = json.loads((Path(run_dir) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_run_file(run_dir: Path, **fields) -> dict:
+    """Merge fields into run.json (atomically: a kill leaves the old or the new file, never half)."""
+    data = read_run_file(run_dir)
+    data.update(fields, updated=time.time())
+    text = json.dumps(data, indent=1, default=str)
+    atomic_write(Path(run_dir) / RUN_FILE, lambda tmp: Path(tmp).write_text(text))
+    return data
 
 
 @dataclass(frozen=True)
@@ -92,6 +114,7 @@ class _JobCallbacks(Callbacks):
         self.job.state.checkpoint = path
         if step % self.job.options.preview_every == 0 or step >= self.job.options.steps:
             self.job.make_preview(path, step)
+            self.job.notify()
 
     def should_stop(self) -> bool:
         return self.job.cancel_event.is_set()
@@ -111,6 +134,8 @@ class FineTuneJob:
         self.upload = upload if upload is not None else load_upload(self.run_dir)
         self.state = JobState(self.run_id, total_steps=options.steps)
         self.cancel_event = threading.Event()
+        self._changed = threading.Condition()
+        self.version = 0                      # bumped when the status changes or a preview is ready
         self.thread = threading.Thread(target=self._run, name=f"finetune-{self.run_id}", daemon=True)
 
     def train_config(self) -> TrainConfig:
@@ -122,12 +147,24 @@ class FineTuneJob:
                            train_layers=o.train_layers, eval_every=10 ** 9, ckpt_every=every,
                            log_every=max(1, min(10, o.steps // 20)), seed=o.seed, dropout=0.1)
 
+    def _record(self, **fields) -> None:
+        """Keep run.json in step with the job; a failed write (a full disk) never stops the job."""
+        try:
+            if "base" not in read_run_file(self.run_dir):
+                fields["base"] = str(self.base_checkpoint)
+            write_run_file(self.run_dir, run_id=self.run_id, target_steps=self.options.steps,
+                           options=dataclasses.asdict(self.options), **fields)
+        except OSError:
+            pass
+
     def _run(self) -> None:
         st = self.state
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._record(status="tokenizing", message="")
             save_upload(self.run_dir, self.upload)
             st.status, st.message = "tokenizing", f"tokenizing {len(self.upload.labels)} images"
+            self.notify()
             images = ImageSet(self.upload.images, self.upload.labels, self.upload.class_names)
             count = len(self.upload.labels)
 
@@ -145,6 +182,8 @@ class FineTuneJob:
             tokens.labels = remap[tokens.labels]
             st.class_names = extended
             st.status, st.message = "training", "training"
+            self.notify()
+            self._record(status="training")
             cfg = self.train_config()
             best = train_loop(cfg, tokens, None, extended, base.config["vocab_size"], base.config["grid_size"],
                               _JobCallbacks(self))
@@ -155,6 +194,20 @@ class FineTuneJob:
                 st.status, st.message = "done", f"finished {st.step} steps"
         except Exception as e:  # the UI shows the message; the server keeps running
             st.status, st.message = "failed", f"{type(e).__name__}: {e}"
+        self._record(status=st.status, message=st.message, step=st.step)
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake whoever watches this job (the Train tab shows status changes as they happen)."""
+        with self._changed:
+            self.version += 1
+            self._changed.notify_all()
+
+    def wait_change(self, seen: int, timeout: float) -> int:
+        """Block until the job changed since version `seen` (or timeout); the version now."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.version != seen, timeout)
+            return self.version
 
     def make_preview(self, path: Path, step: int) -> None:
         """Decode one image per uploaded class with NAR from the newest checkpoint."""

@@ -10,7 +10,9 @@ between steps and are never counted.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import random
@@ -26,7 +28,8 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, build_transformer, build_vq, class_names_of, read_checkpoint, resolve
+from .checkpoint import (CheckpointError, build_transformer, build_vq, class_names_of, read_checkpoint, resolve,
+                         validate_repo_id)
 from .config import SamplingConfig
 from .pipeline import LoadedModel, Studio, pick_dtype
 from .render import save_gif, save_mp4, save_png, tile, upscale
@@ -36,8 +39,19 @@ ORDER_LABELS = {"raster": "Raster", "zipar": "ZipAR", "nar": "NAR"}
 COMPARE_ORDERS = ("raster", "zipar", "nar")
 MAX_IMAGES = 16
 MAX_FRAME_SECONDS = 2.0
+MAX_NAME_CHARS = 200            # a class name, a Hub repo id or file name as typed (longer is refused)
+MAX_LOAD_FILES = 3              # a tokenizer, a NAR and a raster model
 SEED_MAX = 2 ** 31 - 1          # what the seed button draws from (any seed < 2**63 is accepted)
 FRAME_SCALE = 4                 # animation frames are the images upscaled this much
+
+log = logging.getLogger(__name__)
+
+
+def quoted(value, limit: int = 60) -> str:
+    """repr(value) for a message, cut to about `limit` characters: a hostile 1 MB string is not
+    echoed back whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(str(value)):,} characters)"
 
 
 # -- ZeroGPU -----------------------------------------------------------------------------------
@@ -202,6 +216,54 @@ def step_caption(order: str, step: int, num_steps: int, elapsed: float) -> str:
     return f"{ORDER_LABELS.get(order, order)} · step {step}/{num_steps} - {elapsed:.2f} s"
 
 
+# -- running decodes --------------------------------------------------------------------------
+@dataclass
+class DecodeRun:
+    kind: str
+    step: int = 0
+    num_steps: int = 0
+
+
+class DecodeTracker:
+    """Counts the decodes running now. A decode whose consumer goes away (a cancelled request,
+    a client that disconnected: Gradio closes the generator) stops at its next frame; that is
+    logged with the step it reached, so an operator can see the work was freed."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.running = 0
+        self.started = self.finished = self.stopped = self.failed = 0
+
+    @contextlib.contextmanager
+    def track(self, kind: str) -> Iterator[DecodeRun]:
+        run = DecodeRun(kind)
+        with self._lock:
+            self.running += 1
+            self.started += 1
+        outcome = "failed"
+        try:
+            yield run
+            outcome = "finished"
+        except GeneratorExit:
+            outcome = "stopped"
+            raise
+        finally:
+            with self._lock:
+                self.running -= 1
+                setattr(self, outcome, getattr(self, outcome) + 1)
+                running = self.running
+            if outcome == "stopped":
+                log.info("%s stopped at step %d/%d: the request was cancelled or its client left; "
+                         "decode freed (%d running)", kind, run.step, run.num_steps, running)
+            elif outcome == "failed":
+                log.warning("%s failed at step %d/%d (%d running)", kind, run.step, run.num_steps, running)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"running": self.running, "started": self.started, "finished": self.finished,
+                    "stopped": self.stopped, "failed": self.failed}
+
+
 # -- the service -------------------------------------------------------------------------------
 class Service:
     """The app's logic over a `Studio`."""
@@ -212,6 +274,7 @@ class Service:
         self.files = JobFiles(out_dir)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self._load_lock = threading.Lock()
+        self.decodes = DecodeTracker()
 
     @classmethod
     def from_folder(cls, folder: Path, device: Optional[str] = None, out_dir: Optional[Path] = None) -> "Service":
@@ -307,6 +370,11 @@ class Service:
         ids = {}
         if request.class_name is None or str(request.class_name).strip() == "":
             problems.append("pick a class")
+        elif not isinstance(request.class_name, (str, int)) or isinstance(request.class_name, bool):
+            problems.append(f"the class must be a name or a class id, got {quoted(request.class_name)}")
+        elif len(str(request.class_name)) > MAX_NAME_CHARS:
+            problems.append(f"unknown class {quoted(request.class_name)}: class names are at most "
+                            f"{MAX_NAME_CHARS} characters")
         else:
             for order in orders:
                 if order not in ORDERS:
@@ -328,10 +396,16 @@ class Service:
         the animation files. Raises ValueError (before the first update) on a bad request."""
         pace = check_frame_seconds(min_frame_seconds)
         ids, sampling = self.check(request, [request.order])
-        order, class_ids = request.order, ids[request.order]
+        with self.decodes.track("generate") as run:
+            yield from self._generate(request, ids[request.order], sampling, pace, write_mp4, run)
+
+    def _generate(self, request: GenerateRequest, class_ids: torch.Tensor, sampling: SamplingConfig,
+                  pace: float, write_mp4: bool, run: DecodeRun) -> Iterator[GenerateUpdate]:
+        order = request.order
         columns = min(4, len(class_ids))
         frames, shown, record = [], None, None
         for record in self.studio.decode_steps(order, class_ids, sampling, window=request.window):
+            run.step, run.num_steps = record.step + 1, record.num_steps
             frame = tile(self.studio.frames(record, scale=FRAME_SCALE), columns)
             frames.append(frame)
             if record.step + 1 < record.num_steps:
@@ -372,6 +446,11 @@ class Service:
         pace = check_frame_seconds(min_frame_seconds)
         request.num_images = 1
         ids, sampling = self.check(request, COMPARE_ORDERS)
+        with self.decodes.track("compare") as run:
+            yield from self._compare(request, ids, sampling, pace, max_frames, run)
+
+    def _compare(self, request: GenerateRequest, ids: dict, sampling: SamplingConfig, pace: float,
+                 max_frames: int, run: DecodeRun) -> Iterator[CompareUpdate]:
         iters, panels = {}, {}
         for order in COMPARE_ORDERS:
             iters[order] = self.studio.decode_steps(order, ids[order], sampling, window=request.window)
@@ -398,6 +477,8 @@ class Service:
             panel = min(running, key=lambda p: p.elapsed)
             record = next(iters[panel.order])
             panel.record, panel.step, panel.elapsed, panel.dirty = record, record.step + 1, record.elapsed, True
+            run.step = sum(p.step for p in panels.values())
+            run.num_steps = sum(p.num_steps for p in panels.values())
             running = [p for p in panels.values() if not p.done]
             # the shared clock: every running panel has decoded at least this long
             clock = min((p.elapsed for p in running), default=max(p.elapsed for p in panels.values()))
@@ -548,14 +629,25 @@ class Service:
         if isinstance(upload_paths, (str, os.PathLike)):
             upload_paths = [upload_paths]
         uploads = [str(p) for p in (upload_paths or []) if p]
-        repo_id = (repo_id or "").strip()
-        names = [f.strip() for f in (filenames or "").replace("\n", ",").split(",") if f.strip()]
+        repo_id = str(repo_id or "").strip()
+        filenames = str(filenames or "")
+        if len(repo_id) > MAX_NAME_CHARS:
+            raise ValueError(f"{quoted(repo_id)} is not a Hub repo id (owner/name, at most {MAX_NAME_CHARS} "
+                             f"characters)")
+        if len(filenames) > MAX_LOAD_FILES * (MAX_NAME_CHARS + 2):
+            raise ValueError(f"the file names are {len(filenames):,} characters long; give at most "
+                             f"{MAX_LOAD_FILES} names of at most {MAX_NAME_CHARS} characters each")
+        names = [f.strip() for f in filenames.replace("\n", ",").split(",") if f.strip()]
         if uploads and repo_id:
             raise ValueError("give either uploaded files or a Hub repository, not both")
+        if len(uploads) > MAX_LOAD_FILES or len(names) > MAX_LOAD_FILES:
+            raise ValueError(f"load at most {MAX_LOAD_FILES} files at once (a tokenizer, a NAR and a raster "
+                             f"model), got {max(len(uploads), len(names))}")
         if uploads:
             return [(Path(p).name, Path(p)) for p in uploads]
         if not repo_id:
             raise ValueError("upload a checkpoint file, or give a Hugging Face Hub repo id and file name")
+        validate_repo_id(repo_id)
         if not names:
             raise ValueError(f"give the file name(s) inside {repo_id}")
         return [(f"{repo_id}/{name}", resolve(repo_id, name)) for name in names]

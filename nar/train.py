@@ -279,6 +279,8 @@ def train_loop(cfg: TrainConfig, train_data: TokenSet, val_data: Optional[TokenS
     if last.is_file():
         model, saved_optim, class_names, state = load_run_checkpoint(last, device)
         log(f"resuming {last} at step {state.step}", rank)
+        if rank == 0:
+            trim_metrics(run_dir / "metrics.jsonl", state.step)
     else:
         model, class_names = build_model(cfg, vocab_size, grid_size, class_names)
         model, saved_optim, state = model.to(device), {}, TrainState()
@@ -336,6 +338,25 @@ def train_loop(cfg: TrainConfig, train_data: TokenSet, val_data: Optional[TokenS
         atomic_write(cfg.out, lambda tmp: Path(tmp).write_bytes(best.read_bytes()))
         log(f"wrote {cfg.out}", rank)
     return best
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Before a resumed run appends to metrics.jsonl: drop what the stopped run logged after its
+    last checkpoint (those steps run again) and a last line a kill cut short."""
+    if not path.is_file():
+        return
+    text = path.read_text()
+    keep = []
+    for line in text.splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+            complete = line.endswith("\n") and int(record["step"]) <= step
+        except (ValueError, KeyError, TypeError):
+            complete = False
+        if complete:
+            keep.append(line)
+    if "".join(keep) != text:
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(keep)))
 
 
 def log(message: str, rank: int = 0) -> None:

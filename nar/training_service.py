@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import os
 import shutil
 import time
@@ -24,10 +25,11 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from .checkpoint import build_transformer, class_names_of, read_checkpoint
-from .finetune import RUN_ID, Busy, FineTuneJob, FineTuneManager, FineTuneOptions
+from .checkpoint import build_transformer, class_names_of, read_checkpoint, remove_stale_temp_files
+from .finetune import (ACTIVE, RUN_ID, Busy, FineTuneJob, FineTuneManager, FineTuneOptions, read_run_file,
+                       write_run_file)
 from .pipeline import LoadedModel, pick_dtype
-from .service import Service, _as_float, _as_int
+from .service import Service, _as_float, _as_int, quoted
 from .uploads import UploadLimits, UploadRefused, UploadReport, scan_upload
 
 __all__ = ["Busy", "UploadRefused", "TrainingService", "ScanSummary", "RunView", "RunInfo", "DEFAULTS", "BOUNDS",
@@ -39,6 +41,7 @@ BOUNDS = {"steps": (1, 5000), "lr": (1e-6, 1e-2), "batch_size": (1, 128), "previ
 THUMBS_PER_CLASS = 6        # one row of the gallery per class
 MAX_THUMBS = 36
 FINISHED = ("done", "cancelled", "failed")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,10 +79,13 @@ class RunInfo:
     modified: float
     running: bool = False
     has_weights: bool = False
+    interrupted: bool = False       # the server stopped while it trained; Resume continues it
 
     def label(self) -> str:
         if self.running:
             state = f"training now, step {self.step}/{self.total_steps}"
+        elif self.interrupted and self.step < self.total_steps:
+            state = f"interrupted at step {self.step} of {self.total_steps} (the server stopped)"
         elif self.step >= self.total_steps:
             state = f"finished, {self.step} steps"
         else:
@@ -164,6 +170,56 @@ class TrainingService:
         self.manager = FineTuneManager(self.runs_dir)
         self.limits = limits
         self.poll_seconds = poll_seconds
+        self.interrupted = self.recover()
+
+    def recover(self) -> list[str]:
+        """At start: remove the partial writes a killed server left in the runs, and mark the runs it
+        was training as interrupted (they are offered first under Runs; Resume continues them from
+        their last checkpoint). Returns their ids, newest first. Nothing is restarted on its own: a
+        run that brought the server down would otherwise do it again on every start."""
+        found = []
+        for run_dir in self.runs_dir.iterdir():
+            if not RUN_ID.match(run_dir.name) or not run_dir.is_dir() or run_dir.is_symlink():
+                continue
+            for tmp in remove_stale_temp_files(run_dir):
+                log.info("run %s: removed %s, a partial write of a stopped server", run_dir.name, tmp.name)
+            info = read_run_file(run_dir)
+            if info.get("status") not in ACTIVE:
+                continue
+            last = run_dir / "last.safetensors"
+            step = int(_metadata(last).get("step", 0)) if last.is_file() else 0
+            try:
+                write_run_file(run_dir, status="interrupted", step=step,
+                               message=f"the server stopped while this run trained; its checkpoint at step "
+                                       f"{step} is kept")
+            except OSError:
+                pass
+            log.info("run %s was interrupted at step %d of %s; Resume continues it", run_dir.name, step,
+                     info.get("target_steps", "?"))
+            found.append((info.get("updated", 0), run_dir.name))
+        return [run_id for _, run_id in sorted(found, reverse=True)]
+
+    def interrupted_note(self) -> str:
+        """What the Train tab says about the runs the last server left unfinished."""
+        current = self.manager.current
+        notes = []
+        for run_id in self.interrupted:
+            run_dir = self.runs_dir / run_id
+            if (current is not None and current.run_id == run_id) or \
+                    read_run_file(run_dir).get("status") != "interrupted":
+                continue   # resumed since
+            last = run_dir / "last.safetensors"
+            if not last.is_file():
+                notes.append(f"Run {run_id} was interrupted before its first checkpoint; start it again.")
+                continue
+            meta = _metadata(last)
+            step = int(meta.get("step", 0))
+            total = int((meta.get("train_config") or {}).get("steps", step) or step)
+            if step < total:
+                notes.append(f"Run {run_id} was interrupted at step {step} of {total} when the server stopped. "
+                             f"Pick it under **Runs**, set **Steps** to {total} and press **Resume** to continue "
+                             f"from its last checkpoint.")
+        return " ".join(notes[:3])
 
     # -- facts for the UI -----------------------------------------------------------------
     def limits_text(self) -> str:
@@ -339,7 +395,7 @@ class TrainingService:
         if not run_id:
             raise ValueError("pick a run first")
         if not RUN_ID.match(run_id):
-            raise ValueError(f"{run_id!r} is not a run id")
+            raise ValueError(f"{quoted(run_id)} is not a run id")
         return run_id
 
     # -- looking at runs --------------------------------------------------------------------
@@ -410,9 +466,15 @@ class TrainingService:
                 except (ValueError, KeyError, TypeError):
                     continue
         status = "done" if step >= total else "stopped"
+        if status == "stopped" and read_run_file(run_dir).get("status") == "interrupted":
+            status = "interrupted"
         if status == "done":
             text = (f"**Finished** run `{run_id}`: {step} steps. Download the weights, press **Use this model**, "
                     f"or raise Steps and press **Resume** to train it further.")
+        elif status == "interrupted":
+            text = (f"**Interrupted** run `{run_id}` at step {step} of {total}: the server stopped while it "
+                    f"trained. Its checkpoint at step {step} is intact; set Steps to {total} and press "
+                    f"**Resume** to continue it.")
         else:
             text = f"**Stopped** run `{run_id}` at step {step} of {total}. Press **Resume** to continue it."
         bar = progress_html(step / max(1, total), f"{'done' if status == 'done' else 'stopped'} · step "
@@ -424,9 +486,11 @@ class TrainingService:
 
     def watch(self, job: FineTuneJob, interval: Optional[float] = None,
               heartbeat: float = 5.0) -> Iterator[RunView]:
-        """Views of a job as it changes (at most one per interval), ending with the finished one."""
+        """Views of a job as it changes, ending with the finished one: at once when its status
+        changes or a preview is ready, else at most one per interval (steps and loss)."""
         interval = self.poll_seconds if interval is None else interval
         last_key, last_time = None, 0.0
+        seen = job.version
         while True:
             alive = job.thread.is_alive()
             view = self.job_view(job)
@@ -439,7 +503,9 @@ class TrainingService:
             if key != last_key or now - last_time >= heartbeat:
                 last_key, last_time = key, now
                 yield view
-            job.thread.join(interval)
+            seen = job.wait_change(seen, interval)
+            if job.state.status in FINISHED:
+                job.thread.join(5.0)      # it is writing its last files
 
     def runs(self) -> list[RunInfo]:
         """Runs in the runs folder that can be resumed, downloaded or used, newest first."""
@@ -451,6 +517,8 @@ class TrainingService:
                 continue
             last = run_dir / "last.safetensors"
             running = run_dir.name == running_id
+            record = read_run_file(run_dir)
+            interrupted = not running and record.get("status") == "interrupted"
             if not last.is_file() and not running:
                 continue
             if running:
@@ -464,8 +532,10 @@ class TrainingService:
                 classes = _upload_classes(run_dir)
                 modified = last.stat().st_mtime
             found.append(RunInfo(run_dir.name, step, total, classes, modified, running,
-                                 (run_dir / "best.safetensors").is_file()))
-        return sorted(found, key=lambda r: r.modified, reverse=True)
+                                 (run_dir / "best.safetensors").is_file(), interrupted))
+        # the run training now and interrupted runs first, then the newest
+        return sorted(found, key=lambda r: (not (r.running or (r.interrupted and r.step < r.total_steps)),
+                                            -r.modified))
 
     def run_choices(self) -> list[tuple[str, str]]:
         return [(r.label(), r.run_id) for r in self.runs()]

@@ -59,9 +59,10 @@ _CLASS_NAME = re.compile(r"^[\w][\w \-\.]{0,47}$", re.UNICODE)
 
 
 def clean_class_name(name: str) -> str:
-    name = (name or "").strip()
+    name = str(name or "").strip()
     if not _CLASS_NAME.match(name) or name in (".", ".."):
-        raise ValueError(f"{name!r} is not a usable class name (letters, digits, space, - _ . ; up to 48)")
+        shown = repr(name) if len(name) <= 60 else f"{name[:48]!r}… ({len(name):,} characters)"
+        raise ValueError(f"{shown} is not a usable class name (letters, digits, space, - _ . ; up to 48)")
     return name
 
 

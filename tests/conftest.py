@@ -73,3 +73,32 @@ def write_tiny_image_set(directory: Path, classes=("cat", "dog", "sun"), per_cla
             np.savez(f, images=np.stack(images), labels=np.array(labels, np.int64))
     (directory / "meta.json").write_text(json.dumps({"class_names": list(classes), "image_size": size}))
     return directory
+
+
+# -- the reliability report --------------------------------------------------------------------
+REPORT = Path(__file__).resolve().parent.parent / "reports" / "reliability.json"
+
+
+@pytest.fixture(scope="session")
+def reliability_report():
+    """Numbers the reliability tests measure, by section; at the end of the session they are merged
+    into reports/reliability.json (sections not run this time keep their last values) and the
+    README's table is written next to it as reports/reliability.md."""
+    import json
+    import time
+
+    data: dict = {}
+    yield data
+    if not data:
+        return
+    try:
+        old = json.loads(REPORT.read_text())
+    except (OSError, ValueError):
+        old = {}
+    for key, value in data.items():      # a section's parts not measured this time keep their values
+        old[key] = {**old[key], **value} if isinstance(value, dict) and isinstance(old.get(key), dict) else value
+    old["written"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    REPORT.parent.mkdir(exist_ok=True)
+    REPORT.write_text(json.dumps(old, indent=1, sort_keys=True) + "\n")
+    from reliability_table import markdown
+    REPORT.with_suffix(".md").write_text(markdown(json.loads(REPORT.read_text())))   # as the file orders it
