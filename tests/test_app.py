@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Optional
@@ -31,6 +32,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_serving(proc: subprocess.Popen, url: str, timeout: float, read_log,
+                       accept_status: tuple[int, ...] = (200,)) -> None:
+    """Poll `url`config until it answers with one of `accept_status`; fail early, with the
+    server's output, if the process exits or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited with {proc.returncode}:\n{read_log()}")
+        try:
+            with urllib.request.urlopen(url + "config", timeout=2) as r:
+                if r.status in accept_status:
+                    return
+        except urllib.error.HTTPError as e:
+            if e.code in accept_status:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"app did not start within {timeout} s:\n{read_log()}")
+        time.sleep(0.3)
+
+
 @contextlib.contextmanager
 def running_app(checkpoints: Path, timeout: float = 120.0, threads: Optional[int] = 1, extra_args=()):
     """`python app.py --checkpoints DIR [extra_args]` on a free loopback port; yields its URL.
@@ -43,21 +66,12 @@ def running_app(checkpoints: Path, timeout: float = 120.0, threads: Optional[int
     proc = subprocess.Popen([sys.executable, "app.py", "--checkpoints", str(checkpoints), "--port", str(port),
                              *map(str, extra_args)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
+    def read_log() -> str:
+        log.seek(0)
+        return log.read()
+
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"app exited with {proc.returncode}:\n{log.read()}")
-            try:
-                with urllib.request.urlopen(url + "config", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"app did not start within {timeout} s")
-            time.sleep(0.5)
+        wait_until_serving(proc, url, timeout, read_log)
         yield url
     finally:
         proc.terminate()

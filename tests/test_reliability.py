@@ -41,7 +41,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_app import free_port  # noqa: E402
+from test_app import free_port, wait_until_serving  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LOAD_CLIENTS = 16
@@ -70,24 +70,10 @@ class AppServer:
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self, timeout: float = 120.0) -> "AppServer":
-        import urllib.error
-        import urllib.request
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"app exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.url + "config", timeout=2):
-                    break
-            except urllib.error.HTTPError:   # 401 with --auth: up, and asking for a login
-                break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"app did not start within {timeout} s:\n{self.log()}")
-            time.sleep(0.3)
+        # 401 with --auth: the server is up, asking for a login
+        wait_until_serving(self.proc, self.url, timeout, self.log, accept_status=(200, 401))
         return self
 
     @property
