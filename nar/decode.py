@@ -40,15 +40,17 @@ class StepPlan:
     seq_pos: torch.Tensor      # [T] sequence positions of the inputs (0 = class token)
     token_src: torch.Tensor    # [T] grid position whose token is fed, CLASS_TOKEN for the class
     slots: torch.Tensor        # [T] cache slots the inputs' keys/values are written to
-    mask: torch.Tensor         # [T, cache_len] bool: may input i attend slot j
+    mask: Optional[torch.Tensor]  # [T, key_len] bool: may input i attend slot j (None: all)
     targets: torch.Tensor      # [Q] grid positions decoded at this step
     right_idx: torch.Tensor    # [Q] input whose right head predicts the target
     right_w: torch.Tensor      # [Q] its weight (0 when unused)
     below_idx: torch.Tensor    # [Q] same for the below head
     below_w: torch.Tensor
+    key_len: int               # cache slots [0, key_len) are the keys of this step
 
     def to(self, device) -> "StepPlan":
-        return StepPlan(**{k: v.to(device) for k, v in self.__dict__.items()})
+        return StepPlan(**{k: v.to(device) if isinstance(v, torch.Tensor) else v
+                           for k, v in self.__dict__.items()})
 
 
 @dataclass
@@ -83,49 +85,54 @@ def compile_plan(kind: str, schedule: Schedule) -> DecodePlan:
     n, N = schedule.grid_size, schedule.num_tokens
     step_of = schedule.step_of()
     allowed = may_attend(kind, n)
-    cache_len = 1 + N + 2 * max(len(s) for s in schedule.steps)  # room for the probes
-    fed_step = torch.full((1 + N,), len(schedule.steps))  # sequence position -> step fed
+    # Cache slots are handed out in feeding order, so after any step the written entries are
+    # a prefix of the cache and a step attends only that prefix (its mask is [T, key_len]):
+    # early steps read a short cache, and the raster order needs no mask at all.
+    seq_at_slot: list[int] = []       # slot -> sequence position of the token written there
     steps = []
     for t, targets in enumerate(schedule.steps):
         if t == 0:
-            inputs = [(0, CLASS_TOKEN, 0)]                     # (seq_pos, token_src, slot)
+            fed = [(0, CLASS_TOKEN)]                          # (seq_pos, token_src)
         else:
-            inputs = [(1 + p, p, 1 + p) for p in sorted(schedule.steps[t - 1])]
-        for q, _, _ in inputs:
-            fed_step[q] = t
+            fed = [(1 + p, p) for p in sorted(schedule.steps[t - 1])]
+        inputs = [(q, src, len(seq_at_slot) + i) for i, (q, src) in enumerate(fed)]
+        seq_at_slot.extend(q for q, _ in fed)
         index = {q: i for i, (q, _, _) in enumerate(inputs)}
-        probes = 0
         right, below = [], []
         for p in targets:
             preds = predictors(kind, n, p)
             picks = {"right": (0, 0.0), "below": (0, 0.0)}
             for q, head in preds:
                 if q not in index:
+                    # a probe: written past the prefix, later overwritten by real tokens
                     src = q - 1 if step_of[q - 1] < t else stand_in_position(schedule, q - 1, t)
                     index[q] = len(inputs)
-                    inputs.append((q, src, 1 + N + probes))
-                    probes += 1
+                    inputs.append((q, src, len(seq_at_slot) + len(inputs) - len(fed)))
                 picks[head] = (index[q], 1.0 / len(preds))
             right.append(picks["right"])
             below.append(picks["below"])
-        mask = torch.zeros(len(inputs), cache_len, dtype=torch.bool)
+        written = len(seq_at_slot)
+        key_len = written + len(inputs) - len(fed)
+        slot_seq = torch.tensor(seq_at_slot)
+        mask = torch.zeros(len(inputs), key_len, dtype=torch.bool)
         for i, (q, _, slot) in enumerate(inputs):
-            mask[i, : 1 + N] = allowed[q] & (fed_step <= t)
-            if slot > N:            # a probe replaces any earlier copy of itself and sees only
-                mask[i, q] = False  # its own scratch slot, never another probe
+            mask[i, :written] = allowed[q][slot_seq]
+            if slot >= written:     # a probe replaces any earlier copy of itself and sees only
+                mask[i, :written] &= slot_seq != q  # its own scratch slot, never another probe
                 mask[i, slot] = True
         steps.append(StepPlan(
             seq_pos=torch.tensor([q for q, _, _ in inputs]),
             token_src=torch.tensor([s for _, s, _ in inputs]),
             slots=torch.tensor([s for _, _, s in inputs]),
-            mask=mask,
+            mask=None if bool(mask.all()) else mask,
             targets=torch.tensor(targets),
             right_idx=torch.tensor([i for i, _ in right]),
             right_w=torch.tensor([w for _, w in right]),
             below_idx=torch.tensor([i for i, _ in below]),
             below_w=torch.tensor([w for _, w in below]),
+            key_len=key_len,
         ))
-    return DecodePlan(kind, schedule, cache_len, steps)
+    return DecodePlan(kind, schedule, max(sp.key_len for sp in steps), steps)
 
 
 @lru_cache(maxsize=64)
@@ -187,7 +194,7 @@ def decode_steps(model: Transformer, schedule: Schedule, class_ids: torch.Tensor
             x = model.embed_class(labels)
         else:
             x = model.embed_tokens(grid[:, sp.token_src].repeat(labels.shape[0] // batch, 1))
-        feats = model.features(x, sp.seq_pos, sp.mask, caches, sp.slots)
+        feats = model.features(x, sp.seq_pos, sp.mask, caches, sp.slots, sp.key_len)
         logits = model.logits_right(feats.right[:, sp.right_idx]) * sp.right_w[:, None]
         if feats.below is not None:
             logits = logits + model.logits_below(feats.below[:, sp.below_idx]) * sp.below_w[:, None]

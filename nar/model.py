@@ -59,8 +59,9 @@ class FeedForward(nn.Module):
 class KVCache:
     """Keys and values of one attention layer for a whole decode: [B, n_kv_head, length, head_dim].
 
-    Entries are written in place at explicit slots; which slots a query may read is decided by
-    the attention mask, so unwritten slots are never attended.
+    Entries are written in place at explicit slots. A step reads only the prefix [0, key_len)
+    (the decoder fills slots in feeding order), and the attention mask decides which of those
+    slots each query may read, so unwritten slots are never attended.
     """
 
     def __init__(self, batch: int, n_kv_head: int, length: int, head_dim: int,
@@ -69,10 +70,10 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
-    def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_len: int):
         self.k.index_copy_(2, slots, k)
         self.v.index_copy_(2, slots, v)
-        return self.k, self.v
+        return self.k[:, :, :key_len], self.v[:, :, :key_len]
 
 
 class Attention(nn.Module):
@@ -88,8 +89,9 @@ class Attention(nn.Module):
         self.attn_dropout_p = cfg.attn_dropout_p
         self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor,
-                cache: Optional[KVCache] = None, slots: Optional[torch.Tensor] = None):
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask: Optional[torch.Tensor],
+                cache: Optional[KVCache] = None, slots: Optional[torch.Tensor] = None,
+                key_len: Optional[int] = None):
         bsz, seqlen, _ = x.shape
         kv_dim = self.n_kv_head * self.head_dim
         q, k, v = self.wqkv(x).split([self.dim, kv_dim, kv_dim], dim=-1)
@@ -97,7 +99,7 @@ class Attention(nn.Module):
         k = apply_rope(k.view(bsz, seqlen, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
         v = v.view(bsz, seqlen, self.n_kv_head, self.head_dim).transpose(1, 2)
         if cache is not None:
-            k, v = cache.update(slots, k, v)
+            k, v = cache.update(slots, k, v, key_len)
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
@@ -115,8 +117,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
 
-    def forward(self, x, rope, mask, cache=None, slots=None):
-        h = x + self.attention(self.attention_norm(x), rope, mask, cache, slots)
+    def forward(self, x, rope, mask, cache=None, slots=None, key_len=None):
+        h = x + self.attention(self.attention_norm(x), rope, mask, cache, slots, key_len)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -174,21 +176,21 @@ class Transformer(nn.Module):
         return self.config.kind == "nar"
 
     # -- the shared trunk -------------------------------------------------------------------
-    def features(self, x: torch.Tensor, seq_pos: torch.Tensor, mask: torch.Tensor,
-                 caches: Optional[list[KVCache]] = None,
-                 slots: Optional[torch.Tensor] = None) -> Features:
+    def features(self, x: torch.Tensor, seq_pos: torch.Tensor, mask: Optional[torch.Tensor],
+                 caches: Optional[list[KVCache]] = None, slots: Optional[torch.Tensor] = None,
+                 key_len: Optional[int] = None) -> Features:
         """Run the blocks on embeddings x [B, T, dim] at sequence positions seq_pos [T].
 
-        mask [T, K] (or broadcastable to [B, H, T, K]) is True where a query may attend a key;
-        keys are the T inputs themselves, or with caches, the cache slots after writing the
-        inputs at `slots`.
+        mask [T, K] (or broadcastable to [B, H, T, K]) is True where a query may attend a key
+        (None: every key); keys are the T inputs themselves, or with caches, cache slots
+        [0, key_len) after writing the inputs at `slots`.
         """
         rope = self.rope[seq_pos]
         h = self.tok_dropout(x)
         right = None
         n_layer = self.config.n_layer
         for i, layer in enumerate(self.layers):
-            h = layer(h, rope, mask, caches[i] if caches is not None else None, slots)
+            h = layer(h, rope, mask, caches[i] if caches is not None else None, slots, key_len)
             if i == n_layer - 1:
                 right = h
         return Features(right=right, below=h if self.has_below_head else None)

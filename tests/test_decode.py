@@ -104,14 +104,33 @@ def test_each_position_decoded_once_in_schedule_order(make_model):
     assert (seen == 1).all()
 
 
+def probe_count(plan) -> int:
+    """Inputs beyond the tokens decoded at the previous step (the class token at step 0)."""
+    fed = [1] + [len(step) for step in plan.schedule.steps[:-1]]
+    return sum(len(sp.slots) - f for sp, f in zip(plan.steps, fed))
+
+
 def test_probes_only_where_a_predictor_is_missing():
-    nar_plan = compile_plan("nar", make_schedule("nar", 6))
-    raster_plan = compile_plan("raster", make_schedule("raster", 6))
-    for plan in (nar_plan, raster_plan):
-        assert all((sp.slots <= 36).all() for sp in plan.steps)  # no scratch slots used
-    zipar_plan = compile_plan("raster", make_schedule("zipar", 6, window=2))
-    probes = sum(int((sp.slots > 36).sum()) for sp in zipar_plan.steps)
-    assert probes == 5  # one per row start after the first
+    assert probe_count(compile_plan("nar", make_schedule("nar", 6))) == 0
+    assert probe_count(compile_plan("raster", make_schedule("raster", 6))) == 0
+    assert probe_count(compile_plan("raster", make_schedule("zipar", 6, window=2))) == 5  # one per row start after the first
+
+
+@pytest.mark.parametrize("kind,order,window", [("nar", "nar", 8), ("raster", "raster", 8), ("raster", "zipar", 2),
+                                               ("nar", "raster", 8)])
+def test_cache_fills_in_feeding_order_and_steps_read_only_the_prefix(kind, order, window):
+    plan = compile_plan(kind, make_schedule(order, 5, window=window))
+    written = 0
+    for t, sp in enumerate(plan.steps):
+        fed = 1 if t == 0 else len(plan.schedule.steps[t - 1])
+        assert sp.slots[:fed].tolist() == list(range(written, written + fed))  # next free slots
+        written += fed
+        assert sp.slots[fed:].tolist() == list(range(written, written + len(sp.slots) - fed))  # probes after them
+        assert sp.key_len == len(sp.slots) - fed + written
+        assert sp.mask is None or sp.mask.shape == (len(sp.slots), sp.key_len)
+    assert written == 1 + 25 - len(plan.schedule.steps[-1])  # the last step's tokens are never fed
+    if kind == order == "raster":  # causal over a prefix is no mask at all
+        assert all(sp.mask is None for sp in plan.steps)
 
 
 @pytest.mark.parametrize("bad", [dict(temperature=0.0), dict(top_p=0.0), dict(top_k=-1),
