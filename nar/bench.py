@@ -27,6 +27,7 @@ from .config import SamplingConfig, model_config
 from .decode import decode_steps
 from .model import Transformer
 from .pipeline import BUNDLED, ROOT, load_tokenizer, load_transformer, pick_device, pick_dtype
+from .roofline import MachineLimits, bound_seconds, measure_limits, step_costs
 from .schedules import make_schedule, nar, raster, zipar
 
 ZIPAR_WINDOWS = (4, 8)
@@ -116,16 +117,22 @@ def peak_memory(case: Case) -> Optional[int]:
     return int(torch.cuda.max_memory_allocated(device))
 
 
-def summarise(case: Case, seconds: list[float]) -> dict:
+def summarise(case: Case, seconds: list[float], limits: MachineLimits) -> dict:
     q = statistics.quantiles(seconds, n=4) if len(seconds) >= 2 else [seconds[0]] * 3
     median = statistics.median(seconds)
     cfg = case.model.config
+    costs = step_costs(case.model, make_schedule(case.order, cfg.grid_size, case.window or 8), case.batch, case.cfg)
+    bound = bound_seconds(costs, limits)
+    memory_steps = sum(c.bytes / limits.bandwidth_bytes_per_s > c.flops / limits.matmul_flops_per_s for c in costs)
     return {"suite": case.suite, "label": case.label, "order": case.order, "window": case.window,
             "model": cfg.kind, "params": sum(p.numel() for p in case.model.parameters()),
             "batch": case.batch, "cfg": case.cfg, "steps": case.steps, "grid": cfg.grid_size,
             "latency_median_s": median, "latency_iqr_s": [q[0], q[2]],
             "latency_per_image_s": median / case.batch, "images_per_s": case.batch / median,
-            "rounds": len(seconds), "peak_memory_bytes": peak_memory(case)}
+            "rounds": len(seconds), "peak_memory_bytes": peak_memory(case),
+            "bound_per_image_s": bound / case.batch, "times_bound": median / bound,
+            "memory_bound_steps": memory_steps,
+            "bytes_read": sum(c.bytes for c in costs), "flops": sum(c.flops for c in costs)}
 
 
 @torch.inference_mode()
@@ -219,11 +226,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--checkpoints", default=str(BUNDLED["nar"].parent),
                    help="folder with nar.safetensors, raster.safetensors and vq.safetensors")
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto: bfloat16 on a GPU, float32 on a CPU")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks"))
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     device = pick_device(args.device)
-    dtype = pick_dtype(device)
+    dtype = pick_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
     log = lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     try:
         folder = Path(args.checkpoints)
@@ -241,14 +250,17 @@ def main(argv: Optional[list[str]] = None) -> None:
             pair = random_pair(size, device, dtype)
             cases += cases_for(size, size, pair[0], pair[1], batches, cfgs)
     rounds = 3 if args.quick else args.rounds
+    limits = measure_limits(device, dtype)
+    log(f"measured limits: {limits.bandwidth_bytes_per_s / 1e9:.0f} GB/s copy, "
+        f"{limits.matmul_flops_per_s / 1e12:.2f} TFLOP/s matmul ({dtype})")
     log(f"{len(cases)} configurations x {rounds} interleaved rounds on {device_name(device)} ({dtype})")
     start = time.perf_counter()
     times = time_interleaved(cases, rounds, args.warmup, log)
-    results = [summarise(c, times[i]) for i, c in enumerate(cases)]
+    results = [summarise(c, times[i], limits) for i, c in enumerate(cases)]
     name = device_name(device)
     report = {"device": name, "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
               "machine": platform.machine(), "quick": args.quick,
-              "speedup": speedups(results), "vq": vq_decode_time(vq),
+              "speedup": speedups(results), "vq": vq_decode_time(vq), "limits": limits.to_json(),
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "wall_seconds": time.perf_counter() - start, "results": results}
     for size in {r["suite"] for r in results} - {"bundled"}:
@@ -261,7 +273,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     (out_dir / f"{name}{suffix}.json").write_text(json.dumps(report, indent=1))
     for r in results:
         log(f"{r['label']:>22} b={r['batch']:<3} cfg={'on ' if r['cfg'] else 'off'} steps={r['steps']:<4} "
-            f"{r['latency_per_image_s'] * 1000:9.1f} ms/image  {r['images_per_s']:8.2f} img/s")
+            f"{r['latency_per_image_s'] * 1000:9.1f} ms/image  {r['images_per_s']:8.2f} img/s  "
+            f"{r['times_bound']:6.1f}x bound")
     log(f"speedup vs raster (bundled, batch 1, CFG on): {report['speedup']}")
     if args.json:
         print(json.dumps(report))

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -20,6 +22,10 @@ def test_bench_quick_json(tiny_checkpoints, tmp_path):
     assert steps == {"bundled nar": 7, "bundled zipar-4": 16, "bundled zipar-8": 16, "bundled raster": 16}
     assert all(r["batch"] == 1 and r["cfg"] and r["rounds"] == 3 for r in report["results"])
     assert report["vq"]["vq_decode_median_s"] > 0
+    assert report["limits"]["bandwidth_bytes_per_s"] > 0 and report["limits"]["matmul_flops_per_s"] > 0
+    for r in report["results"]:
+        assert r["bound_per_image_s"] > 0 and r["flops"] > 0 and r["bytes_read"] > 0
+        assert r["times_bound"] * r["bound_per_image_s"] == pytest.approx(r["latency_median_s"])
     assert (tmp_path / f"{report['device']}-quick.json").is_file()
 
 
