@@ -17,7 +17,7 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -25,6 +25,7 @@ import torch
 
 from .config import SamplingConfig, model_config
 from .decode import decode_steps
+from .graphs import GraphedDecode
 from .model import Transformer
 from .pipeline import BUNDLED, ROOT, load_tokenizer, load_transformer, pick_device, pick_dtype
 from .roofline import MachineLimits, bound_seconds, measure_limits, step_costs
@@ -43,14 +44,22 @@ class Case:
     window: Optional[int]
     batch: int
     cfg: bool
+    graphs: bool = False   # replay CUDA graphs (built during warm-up) instead of launching eagerly
+    _graphed: Optional[GraphedDecode] = field(default=None, init=False, repr=False)
 
     def run(self) -> None:
         schedule = make_schedule(self.order, self.model.config.grid_size, self.window or 8)
         ids = torch.zeros(self.batch, dtype=torch.long)
         sampling = SamplingConfig(cfg_scale=4.0 if self.cfg else 1.0, top_k=2000)
-        for record in decode_steps(self.model, schedule, ids, sampling, sync=False):
-            pass
-        synchronize(record.grid.device)
+        if self.graphs:
+            if self._graphed is None:
+                self._graphed = GraphedDecode(self.model, schedule, self.batch, sampling)
+            grid = self._graphed(ids)
+        else:
+            for record in decode_steps(self.model, schedule, ids, sampling, sync=False):
+                pass
+            grid = record.grid
+        synchronize(grid.device)
 
     @property
     def steps(self) -> int:
@@ -70,14 +79,14 @@ def device_name(device: torch.device) -> str:
 
 
 def cases_for(label: str, suite: str, nar_model: Transformer, raster_model: Transformer,
-              batches: Iterable[int], cfgs: Iterable[bool]) -> list[Case]:
+              batches: Iterable[int], cfgs: Iterable[bool], graphs: bool = False) -> list[Case]:
     out = []
     for batch in batches:
         for cfg in cfgs:
-            out.append(Case(f"{label} nar", suite, nar_model, "nar", None, batch, cfg))
+            out.append(Case(f"{label} nar", suite, nar_model, "nar", None, batch, cfg, graphs))
             for w in ZIPAR_WINDOWS:
-                out.append(Case(f"{label} zipar-{w}", suite, raster_model, "zipar", w, batch, cfg))
-            out.append(Case(f"{label} raster", suite, raster_model, "raster", None, batch, cfg))
+                out.append(Case(f"{label} zipar-{w}", suite, raster_model, "zipar", w, batch, cfg, graphs))
+            out.append(Case(f"{label} raster", suite, raster_model, "raster", None, batch, cfg, graphs))
     return out
 
 
@@ -129,7 +138,7 @@ def summarise(case: Case, seconds: list[float], limits: MachineLimits) -> dict:
             "batch": case.batch, "cfg": case.cfg, "steps": case.steps, "grid": cfg.grid_size,
             "latency_median_s": median, "latency_iqr_s": [q[0], q[2]],
             "latency_per_image_s": median / case.batch, "images_per_s": case.batch / median,
-            "rounds": len(seconds), "peak_memory_bytes": peak_memory(case),
+            "rounds": len(seconds), "peak_memory_bytes": peak_memory(case), "cuda_graphs": case.graphs,
             "bound_per_image_s": bound / case.batch, "times_bound": median / bound,
             "memory_bound_steps": memory_steps,
             "bytes_read": sum(c.bytes for c in costs), "flops": sum(c.flops for c in costs)}
@@ -228,6 +237,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto: bfloat16 on a GPU, float32 on a CPU")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="on a GPU, launch every step's kernels instead of replaying captured CUDA graphs")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks"))
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -244,11 +255,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(f"error: the bundled models are needed ({e})")
     batches = [1] if args.quick else [int(b) for b in args.batches.split(",")]
     cfgs = [True] if args.quick else [True, False]
-    cases = cases_for("bundled", "bundled", nar_model, raster_model, batches, cfgs)
+    graphs = device.type == "cuda" and not args.no_cuda_graphs
+    cases = cases_for("bundled", "bundled", nar_model, raster_model, batches, cfgs, graphs)
     if not args.quick:
         for size in filter(None, args.sizes.split(",")):
             pair = random_pair(size, device, dtype)
-            cases += cases_for(size, size, pair[0], pair[1], batches, cfgs)
+            cases += cases_for(size, size, pair[0], pair[1], batches, cfgs, graphs)
     rounds = 3 if args.quick else args.rounds
     limits = measure_limits(device, dtype)
     log(f"measured limits: {limits.bandwidth_bytes_per_s / 1e9:.0f} GB/s copy, "

@@ -165,6 +165,51 @@ def check_request(model: Transformer, schedule: Schedule, class_ids: torch.Tenso
         raise ValueError(f"class ids must be in [0, {cfg.num_classes - 1}]")
 
 
+@dataclass
+class DecodeState:
+    """The buffers one decode works in: written in place at every step."""
+    batch: int
+    labels: torch.Tensor           # [B'] class ids, then the null class for CFG's second half
+    seeds: torch.Tensor            # [B] one sampling seed per image
+    grid: torch.Tensor             # [B, n*n] tokens so far, -1 where not decoded yet
+    caches: list
+
+
+def new_state(model: Transformer, plan: DecodePlan, class_ids: torch.Tensor, sampling: SamplingConfig) -> DecodeState:
+    device = model.tok_embeddings.weight.device
+    batch = class_ids.shape[0]
+    class_ids = class_ids.to(device)
+    labels = torch.cat([class_ids, torch.full_like(class_ids, model.config.num_classes)]) \
+        if sampling.cfg_scale > 1.0 else class_ids
+    return DecodeState(batch=batch, labels=labels, seeds=sampling.seed + torch.arange(batch, device=device),
+                       grid=torch.full((batch, plan.schedule.num_tokens), -1, dtype=torch.long, device=device),
+                       caches=model.new_caches(labels.shape[0], plan.cache_len))
+
+
+def guided_at(sampling: SamplingConfig, decoded: int) -> bool:
+    """Whether CFG applies at a step that starts with `decoded` tokens already decoded."""
+    return sampling.cfg_scale > 1.0 and (sampling.cfg_interval < 0 or decoded <= sampling.cfg_interval)
+
+
+def run_step(model: Transformer, state: DecodeState, t: int, sp: StepPlan, sampling: SamplingConfig,
+             guided: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step: feed the previous step's tokens, sample this step's targets into the grid.
+    No host synchronisation, so a GPU can run ahead (and a CUDA graph can capture it)."""
+    if t == 0:
+        x = model.embed_class(state.labels)
+    else:
+        x = model.embed_tokens(state.grid[:, sp.token_src].repeat(state.labels.shape[0] // state.batch, 1))
+    feats = model.features(x, sp.seq_pos, sp.mask, state.caches, sp.slots, sp.key_len)
+    logits = model.logits_right(feats.right[:, sp.right_idx]) * sp.right_w[:, None]
+    if feats.below is not None:
+        logits = logits + model.logits_below(feats.below[:, sp.below_idx]) * sp.below_w[:, None]
+    if state.labels.shape[0] > state.batch:
+        logits = cfg_combine(logits, sampling.cfg_scale) if guided else logits[:state.batch]
+    tokens = sample(logits, state.seeds, sp.targets, sampling.temperature, sampling.top_k, sampling.top_p)
+    state.grid[:, sp.targets] = tokens
+    return tokens, logits
+
+
 @torch.inference_mode()
 def decode_steps(model: Transformer, schedule: Schedule, class_ids: torch.Tensor,
                  sampling: SamplingConfig = SamplingConfig(), *, sync: bool = True,
@@ -176,41 +221,19 @@ def decode_steps(model: Transformer, schedule: Schedule, class_ids: torch.Tensor
     spends between steps (drawing frames) is not counted in `elapsed`.
     """
     check_request(model, schedule, class_ids, sampling)
-    weight = model.tok_embeddings.weight
-    device = weight.device
+    device = model.tok_embeddings.weight.device
     plan = _plan_on(model.config.kind, schedule, str(device))
-    batch = class_ids.shape[0]
-    class_ids = class_ids.to(device)
-    guided = sampling.cfg_scale > 1.0
-    labels = torch.cat([class_ids, torch.full_like(class_ids, model.config.num_classes)]) \
-        if guided else class_ids
-    caches = model.new_caches(labels.shape[0], plan.cache_len)
-    grid = torch.full((batch, schedule.num_tokens), -1, dtype=torch.long, device=device)
-    seeds = sampling.seed + torch.arange(batch, device=device)
+    state = new_state(model, plan, class_ids, sampling)
     decoded, busy = 0, 0.0
     for t, sp in enumerate(plan.steps):
         started = time.perf_counter()
-        if t == 0:
-            x = model.embed_class(labels)
-        else:
-            x = model.embed_tokens(grid[:, sp.token_src].repeat(labels.shape[0] // batch, 1))
-        feats = model.features(x, sp.seq_pos, sp.mask, caches, sp.slots, sp.key_len)
-        logits = model.logits_right(feats.right[:, sp.right_idx]) * sp.right_w[:, None]
-        if feats.below is not None:
-            logits = logits + model.logits_below(feats.below[:, sp.below_idx]) * sp.below_w[:, None]
-        if guided:
-            if sampling.cfg_interval < 0 or decoded <= sampling.cfg_interval:
-                logits = cfg_combine(logits, sampling.cfg_scale)
-            else:
-                logits = logits[:batch]
-        tokens = sample(logits, seeds, sp.targets, sampling.temperature, sampling.top_k, sampling.top_p)
-        grid[:, sp.targets] = tokens
+        tokens, logits = run_step(model, state, t, sp, sampling, guided_at(sampling, decoded))
         decoded += sp.targets.numel()
         if sync and device.type == "cuda":
             torch.cuda.synchronize(device)
         busy += time.perf_counter() - started
         yield StepRecord(step=t, num_steps=len(plan.steps), positions=sp.targets, tokens=tokens,
-                         grid=grid, elapsed=busy,
+                         grid=state.grid, elapsed=busy,
                          logits=logits if record_logits else None)
 
 

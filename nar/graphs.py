@@ -1,0 +1,102 @@
+"""Replaying a decode's steps as CUDA graphs.
+
+A decode plan is fixed per (model kind, schedule), and every step has fixed shapes for a given
+batch and sampling config, so each step can be captured once as a CUDA graph and replayed: one
+launch per step instead of hundreds of small kernel launches, which is what limits batch-1
+decoding on a GPU. All buffers live in a `DecodeState` that the graphs read and write in place;
+a new request only copies its class ids and seeds into it.
+
+On a CPU (or with use_graphs=False) the same object runs the steps eagerly on its reused
+buffers, which is how the buffer logic is tested without a GPU.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import torch
+
+from .config import SamplingConfig
+from .decode import StepRecord, _plan_on, check_request, guided_at, new_state, run_step
+from .model import Transformer
+from .schedules import Schedule
+
+
+class GraphedDecode:
+    """One (model, schedule, batch, sampling options) decode, ready to replay for any classes
+    and seed. Build it once and call it many times; the seed in `sampling` is only a default."""
+
+    def __init__(self, model: Transformer, schedule: Schedule, batch: int, sampling: SamplingConfig,
+                 use_graphs: bool = True):
+        self.model, self.schedule, self.sampling = model, schedule, sampling
+        self.device = model.tok_embeddings.weight.device
+        self.use_graphs = use_graphs and self.device.type == "cuda"
+        self.plan = _plan_on(model.config.kind, schedule, str(self.device))
+        probe_ids = torch.zeros(batch, dtype=torch.long)
+        check_request(model, schedule, probe_ids, sampling)
+        self.state = new_state(model, self.plan, probe_ids, sampling)
+        self.guided, decoded = [], 0
+        for sp in self.plan.steps:
+            self.guided.append(guided_at(sampling, decoded))
+            decoded += sp.targets.numel()
+        self.tokens: list[torch.Tensor] = []
+        self.graphs: list[torch.cuda.CUDAGraph] = []
+        if self.use_graphs:
+            self._capture()
+
+    @torch.inference_mode()
+    def _capture(self) -> None:
+        # Warm up on a side stream (lazy initialisations must not happen during capture).
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._run_eagerly()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        pool = torch.cuda.graph_pool_handle()
+        for t, sp in enumerate(self.plan.steps):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                tokens, _ = run_step(self.model, self.state, t, sp, self.sampling, self.guided[t])
+            self.graphs.append(graph)
+            self.tokens.append(tokens)  # the graph's output buffer, rewritten at every replay
+        torch.cuda.synchronize(self.device)
+
+    def _run_eagerly(self) -> None:
+        for t, sp in enumerate(self.plan.steps):
+            run_step(self.model, self.state, t, sp, self.sampling, self.guided[t])
+
+    def _load(self, class_ids: torch.Tensor, seed: int) -> None:
+        state = self.state
+        if class_ids.shape != (state.batch,):
+            raise ValueError(f"this decode was built for a batch of {state.batch}, got {tuple(class_ids.shape)}")
+        check_request(self.model, self.schedule, class_ids, self.sampling)
+        if not 0 <= seed < 2 ** 63:
+            raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+        state.labels[:state.batch].copy_(class_ids)
+        state.seeds.copy_(seed + torch.arange(state.batch))
+        state.grid.fill_(-1)
+
+    @torch.inference_mode()
+    def steps(self, class_ids: torch.Tensor, seed: int | None = None, sync: bool = True) -> Iterator[StepRecord]:
+        """Like decode.decode_steps, from the captured graphs."""
+        self._load(class_ids, self.sampling.seed if seed is None else seed)
+        busy = 0.0
+        for t, sp in enumerate(self.plan.steps):
+            started = time.perf_counter()
+            if self.use_graphs:
+                self.graphs[t].replay()
+                tokens = self.tokens[t]
+            else:
+                tokens, _ = run_step(self.model, self.state, t, sp, self.sampling, self.guided[t])
+            if sync and self.use_graphs:
+                torch.cuda.synchronize(self.device)
+            busy += time.perf_counter() - started
+            yield StepRecord(step=t, num_steps=len(self.plan.steps), positions=sp.targets, tokens=tokens,
+                             grid=self.state.grid, elapsed=busy)
+
+    def __call__(self, class_ids: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """Decode to the end; the token grids [B, n, n] (a copy: the buffers are reused)."""
+        for record in self.steps(class_ids, seed, sync=False):
+            pass
+        n = self.schedule.grid_size
+        return record.grid.view(-1, n, n).clone()
