@@ -102,13 +102,24 @@ def random_pair(size: str, device, dtype, grid: int = 16, vocab: int = 16384) ->
 
 def time_interleaved(cases: list[Case], rounds: int, warmup: int,
                      progress: Callable[[str], None]) -> dict[int, list[float]]:
+    """Seconds per run of each case (by index); a case that runs out of GPU memory while warming
+    up gets no times and is left out of the rounds, so "up to what fits" needs no guessing."""
     times: dict[int, list[float]] = {i: [] for i in range(len(cases))}
+    fits = []
     for i, case in enumerate(cases):
-        for _ in range(warmup):
-            case.run()
-        progress(f"warm-up {i + 1}/{len(cases)}: {case.label} b={case.batch} cfg={case.cfg}")
+        try:
+            for _ in range(max(1, warmup)):
+                case.run()
+            fits.append(i)
+            progress(f"warm-up {i + 1}/{len(cases)}: {case.label} b={case.batch} cfg={case.cfg}")
+        except torch.cuda.OutOfMemoryError:
+            case._graphed = None
+            torch.cuda.empty_cache()
+            progress(f"warm-up {i + 1}/{len(cases)}: {case.label} b={case.batch} cfg={case.cfg} "
+                     "does not fit in GPU memory: left out")
     for r in range(rounds):
-        for i, case in enumerate(cases):
+        for i in fits:
+            case = cases[i]
             start = time.perf_counter()
             case.run()
             times[i].append(time.perf_counter() - start)
@@ -229,7 +240,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nar.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="bundled models, batch 1, CFG on")
     p.add_argument("--sizes", default="GPT-B,GPT-L,GPT-XL", help="paper sizes to time (random weights)")
-    p.add_argument("--batches", default="1,4,16", help="batch sizes")
+    p.add_argument("--batches", default=None,
+                   help="batch sizes (default 1,4,16 on a CPU; 1,16,64,256,1024 on a GPU, those that fit)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--checkpoints", default=str(BUNDLED["nar"].parent),
@@ -253,7 +265,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         vq = load_tokenizer(folder / "vq.safetensors", device=device)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: the bundled models are needed ({e})")
-    batches = [1] if args.quick else [int(b) for b in args.batches.split(",")]
+    default_batches = "1,16,64,256,1024" if device.type == "cuda" else "1,4,16"
+    batches = [1] if args.quick else [int(b) for b in (args.batches or default_batches).split(",")]
     cfgs = [True] if args.quick else [True, False]
     graphs = device.type == "cuda" and not args.no_cuda_graphs
     cases = cases_for("bundled", "bundled", nar_model, raster_model, batches, cfgs, graphs)
@@ -268,13 +281,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     log(f"{len(cases)} configurations x {rounds} interleaved rounds on {device_name(device)} ({dtype})")
     start = time.perf_counter()
     times = time_interleaved(cases, rounds, args.warmup, log)
-    results = [summarise(c, times[i], limits) for i, c in enumerate(cases)]
+    results = [summarise(c, times[i], limits) for i, c in enumerate(cases) if times[i]]
+    report_left_out = [{"label": c.label, "batch": c.batch, "cfg": c.cfg, "reason": "out of GPU memory"}
+                       for i, c in enumerate(cases) if not times[i]]
     name = device_name(device)
     report = {"device": name, "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
               "machine": platform.machine(), "quick": args.quick,
               "speedup": speedups(results), "vq": vq_decode_time(vq), "limits": limits.to_json(),
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "wall_seconds": time.perf_counter() - start, "results": results}
+              "wall_seconds": time.perf_counter() - start, "results": results,
+              "left_out": report_left_out}
     for size in {r["suite"] for r in results} - {"bundled"}:
         report.setdefault("speedup_by_suite", {})[size] = speedups(results, suite=size)
     out_dir = Path(args.out_dir)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,3 +40,18 @@ def test_bench_full_writes_plots(tiny_checkpoints, tmp_path):
     assert {(r["batch"], r["cfg"]) for r in report["results"]} == {(1, True), (1, False), (2, True), (2, False)}
     for path in report["plots"]:
         assert Path(path).stat().st_size > 1000
+
+
+def test_cases_that_run_out_of_gpu_memory_are_left_out(make_model):
+    from nar.bench import Case, time_interleaved
+
+    class TooBig(Case):
+        def run(self):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    model = make_model("nar", grid=4)
+    cases = [Case("small", "s", model, "nar", None, 1, True), TooBig("big", "s", model, "nar", None, 64, True)]
+    messages = []
+    times = time_interleaved(cases, rounds=2, warmup=1, progress=messages.append)
+    assert len(times[0]) == 2 and times[1] == []
+    assert any("does not fit" in m and "big" in m for m in messages)
