@@ -74,6 +74,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "network: use it with --auth or behind an authenticating reverse proxy")
     p.add_argument("--port", type=int, default=None, help="port (default 7860, or GRADIO_SERVER_PORT)")
     p.add_argument("--device", default="auto", help="cuda, cpu, ... (default: a GPU when there is one)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for decoding and training (default: torch's choice, one per core; "
+                        "fewer on a CPU that other programs share, where oversubscription slows every step)")
     p.add_argument("--concurrency", type=int, default=1,
                    help="decoding jobs run at the same time; more wait in the queue (default 1)")
     p.add_argument("--benchmarks", type=Path, default=BENCHMARKS,
@@ -643,6 +646,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit("--concurrency must be at least 1")
     if args.queue_size < 1 or args.max_sessions < 1:
         sys.exit("--queue-size and --max-sessions must be at least 1")
+    if args.threads is not None:
+        if not 1 <= args.threads <= 1024:
+            sys.exit("--threads must be between 1 and 1024")
+        import torch
+        torch.set_num_threads(args.threads)
     from nar.guard import AUTH_ENV, parse_auth, tune_allocator
     try:
         auth = parse_auth(args.auth if args.auth is not None else os.environ.get(AUTH_ENV))

@@ -84,7 +84,8 @@ def running_app(checkpoints: Path, timeout: float = 120.0, threads: Optional[int
 
 @pytest.fixture(scope="module")
 def app_url(tiny_checkpoints):
-    with running_app(tiny_checkpoints["vq"].parent) as url:
+    # --threads (not OMP_NUM_THREADS) keeps it to one thread; the device line must say so
+    with running_app(tiny_checkpoints["vq"].parent, threads=None, extra_args=("--threads", 1)) as url:
         yield url
 
 
@@ -105,6 +106,7 @@ def test_api_names_and_served_files(client, app_url, tiny_checkpoints):
     assert {"/generate", "/compare", "/load_upload", "/load_from_hub", "/model_info", "/measure"} <= set(endpoints)
     with urllib.request.urlopen(app_url + "config") as r:
         config = json.loads(r.read())
+    assert "cpu (1 thread)" in json.dumps(config)   # --threads 1
     named = [d["api_name"] for d in config["dependencies"] if d.get("backend_fn")]
     assert named and all(name and not name.startswith("unnamed") for name in named)
     # the checkpoints are not served, only the app's own outputs
