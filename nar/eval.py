@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -54,38 +55,58 @@ def generate_all(studio: Studio, order: str, classes: list[int], per_class: int,
     return np.concatenate(images), seconds / (len(classes) * per_class), record.num_steps
 
 
-def evaluate(studio: Studio, judge_path: str, data_dir: str, orders: list[str], per_class: int,
-             sampling: SamplingConfig, window: int, samples_dir: Optional[Path]) -> dict:
-    judge, judge_names, judge_meta = load_judge(judge_path)
-    test = load_split(data_dir, "test")
-    train = load_split(data_dir, "train")
-    _, real_feats = predict(judge, to_tensor(test.images))
-    _, train_feats = predict(judge, to_tensor(train.images))
-    results = {"judge": {"test_accuracy": judge_meta.get("test_accuracy"), "classes": judge_names},
+@dataclass
+class Reference:
+    """The judge and the real images' features every order is compared against."""
+    judge: torch.nn.Module
+    class_names: list[str]
+    test_accuracy: Optional[float]
+    test_feats: np.ndarray
+    train_vs_test_fd: float
+
+
+def load_reference(judge_path: str, data_dir: str) -> Reference:
+    judge, names, meta = load_judge(judge_path)
+    _, test_feats = predict(judge, to_tensor(load_split(data_dir, "test").images))
+    _, train_feats = predict(judge, to_tensor(load_split(data_dir, "train").images))
+    return Reference(judge, names, meta.get("test_accuracy"), test_feats, frechet_distance(train_feats, test_feats))
+
+
+def judge_order(studio: Studio, ref: Reference, order: str, per_class: int, sampling: SamplingConfig,
+                window: int) -> tuple[dict, np.ndarray]:
+    """One order's scores at one sampling config, and its images (class-major)."""
+    names = studio.model_for(order).class_names
+    if names != ref.class_names:
+        raise ValueError(f"the {order} model's classes {names} differ from the judge's {ref.class_names}")
+    classes = list(range(len(names)))
+    start = time.perf_counter()
+    images, sec_per_image, steps = generate_all(studio, order, classes, per_class, sampling, window)
+    wanted = np.repeat(classes, per_class)
+    predicted, feats = predict(ref.judge, to_tensor(images))
+    scores = {
+        "model": studio.model_for(order).model.config.kind, "steps": steps,
+        "window": window if order == "zipar" else None,
+        "class_accuracy": float((predicted == wanted).mean()),
+        "per_class_accuracy": {names[c]: float((predicted[wanted == c] == c).mean()) for c in classes},
+        "frechet_distance": frechet_distance(feats, ref.test_feats),
+        "seconds_per_image": sec_per_image, "wall_seconds": time.perf_counter() - start}
+    print(f"[eval] {order} (CFG {sampling.cfg_scale:g}): accuracy {scores['class_accuracy']:.3f}, "
+          f"FD {scores['frechet_distance']:.2f}, {steps} steps, {sec_per_image:.3f} s/image", flush=True)
+    return scores, images
+
+
+def evaluate(studio: Studio, ref: Reference, orders: list[str], per_class: int, sampling: SamplingConfig,
+             window: int, samples_dir: Optional[Path]) -> dict:
+    results = {"judge": {"test_accuracy": ref.test_accuracy, "classes": ref.class_names},
                "per_class": per_class, "seed": sampling.seed, "cfg_scale": sampling.cfg_scale,
-               "real_train_vs_test_fd": frechet_distance(train_feats, real_feats), "orders": {}}
+               "top_k": sampling.top_k, "temperature": sampling.temperature,
+               "real_train_vs_test_fd": ref.train_vs_test_fd, "orders": {}}
     for order in orders:
-        names = studio.model_for(order).class_names
-        if names != judge_names:
-            raise ValueError(f"the {order} model's classes {names} differ from the judge's {judge_names}")
-        classes = list(range(len(names)))
-        start = time.perf_counter()
-        images, sec_per_image, steps = generate_all(studio, order, classes, per_class, sampling, window)
-        wanted = np.repeat(classes, per_class)
-        predicted, feats = predict(judge, to_tensor(images))
-        per_class_acc = {names[c]: float((predicted[wanted == c] == c).mean()) for c in classes}
-        results["orders"][order] = {
-            "model": studio.model_for(order).model.config.kind, "steps": steps,
-            "window": window if order == "zipar" else None,
-            "class_accuracy": float((predicted == wanted).mean()), "per_class_accuracy": per_class_acc,
-            "frechet_distance": frechet_distance(feats, real_feats),
-            "seconds_per_image": sec_per_image, "wall_seconds": time.perf_counter() - start}
-        print(f"[eval] {order}: accuracy {results['orders'][order]['class_accuracy']:.3f}, "
-              f"FD {results['orders'][order]['frechet_distance']:.2f}, {steps} steps, "
-              f"{sec_per_image:.3f} s/image", flush=True)
+        scores, images = judge_order(studio, ref, order, per_class, sampling, window)
+        results["orders"][order] = scores
         if samples_dir is not None:
             shown = min(per_class, 8)
-            rows = [tile([images[c * per_class + j] for j in range(shown)]) for c in classes]
+            rows = [tile([images[c * per_class + j] for j in range(shown)]) for c in range(len(ref.class_names))]
             save_png(np.concatenate([np.pad(r, ((0, 4), (0, 0), (0, 0)), constant_values=255) for r in rows]),
                      samples_dir / f"samples_{order}.png")
     o = results["orders"]
@@ -96,6 +117,43 @@ def evaluate(studio: Studio, judge_path: str, data_dir: str, orders: list[str], 
             "step_ratio": o["raster"]["steps"] / o["nar"]["steps"],
             "speedup_per_image": o["raster"]["seconds_per_image"] / o["nar"]["seconds_per_image"]}
     return results
+
+
+def sweep_cfg(studio: Studio, ref: Reference, orders: list[str], per_class: int, sampling: SamplingConfig,
+              window: int, scales: list[float]) -> list[dict]:
+    """Accuracy and Frechet distance of every order at every CFG scale (same classes and seeds):
+    guidance trades diversity for class fidelity, and orders may peak at different scales."""
+    rows = []
+    for scale in scales:
+        at = replace(sampling, cfg_scale=scale).validate()
+        for order in orders:
+            scores, _ = judge_order(studio, ref, order, per_class, at, window)
+            rows.append({"order": order, "cfg_scale": scale, "class_accuracy": scores["class_accuracy"],
+                         "frechet_distance": scores["frechet_distance"]})
+    return rows
+
+
+def plot_sweep(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for order in dict.fromkeys(r["order"] for r in rows):
+        mine = [r for r in rows if r["order"] == order]
+        scales = [r["cfg_scale"] for r in mine]
+        axes[0].plot(scales, [100 * r["class_accuracy"] for r in mine], "o-", label=order)
+        axes[1].plot(scales, [r["frechet_distance"] for r in mine], "o-", label=order)
+    axes[0].set(xlabel="CFG scale", ylabel="class accuracy (%)", title="Judged class accuracy")
+    axes[1].set(xlabel="CFG scale", ylabel="Frechet distance", title="Frechet distance to real test images")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -112,15 +170,26 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=2000)
     p.add_argument("--samples-dir", default=str(ROOT / "assets"))
+    p.add_argument("--sweep-cfg", default="", metavar="S1,S2,...",
+                   help="also score every order at these CFG scales and plot them (assets/quality_vs_cfg.png)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     sampling = SamplingConfig(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
                               seed=args.seed).validate()
     try:
+        scales = [float(x) for x in args.sweep_cfg.split(",") if x.strip()]
+        for scale in scales:
+            replace(sampling, cfg_scale=scale).validate()
         studio = Studio.from_folder(Path(args.checkpoints), args.device)
-        results = evaluate(studio, args.judge, args.data, args.orders.split(","), args.per_class, sampling,
-                           args.window, Path(args.samples_dir) if args.samples_dir else None)
+        ref = load_reference(args.judge, args.data)
+        orders = args.orders.split(",")
+        samples_dir = Path(args.samples_dir) if args.samples_dir else None
+        results = evaluate(studio, ref, orders, args.per_class, sampling, args.window, samples_dir)
+        if scales:
+            results["cfg_sweep"] = sweep_cfg(studio, ref, orders, args.per_class, sampling, args.window, scales)
+            if samples_dir is not None:
+                results["cfg_sweep_plot"] = str(plot_sweep(results["cfg_sweep"], samples_dir / "quality_vs_cfg.png"))
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     if args.json:

@@ -21,7 +21,7 @@ def test_eval_reports_every_order(tiny_checkpoints, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "nar.eval", "--json", "--checkpoints", str(Path(tiny_checkpoints["nar"]).parent),
          "--judge", str(tmp_path / "judge.safetensors"), "--data", str(data), "--per-class", "3",
-         "--window", "2", "--samples-dir", str(tmp_path / "samples")],
+         "--window", "2", "--samples-dir", str(tmp_path / "samples"), "--sweep-cfg", "1,3"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -33,3 +33,16 @@ def test_eval_reports_every_order(tiny_checkpoints, tmp_path):
         assert set(order["per_class_accuracy"]) == {"cat", "dog", "sun"}
     assert report["nar_vs_raster"]["step_ratio"] == 16 / 7
     assert (tmp_path / "samples" / "samples_nar.png").is_file()
+    sweep = report["cfg_sweep"]
+    assert [(r["order"], r["cfg_scale"]) for r in sweep] == [(o, s) for s in (1.0, 3.0) for o in ("nar", "raster", "zipar")]
+    at_3 = {r["order"]: r for r in sweep if r["cfg_scale"] == 3.0}
+    assert report["cfg_scale"] == 4.0 and at_3["nar"]["frechet_distance"] != orders["nar"]["frechet_distance"]
+    assert Path(report["cfg_sweep_plot"]).stat().st_size > 5000
+
+
+def test_bad_sweep_is_a_clear_error(tiny_checkpoints):
+    for bad, message in (("2,x", "could not convert"), ("2,-1", "cfg_scale must be")):
+        result = subprocess.run([sys.executable, "-m", "nar.eval", "--checkpoints", str(Path(tiny_checkpoints["nar"]).parent),
+                                 "--orders", "nar", "--sweep-cfg", bad, "--data", "/nonexistent"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0 and message in result.stderr, result.stderr
