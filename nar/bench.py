@@ -28,7 +28,7 @@ from .decode import decode_steps
 from .graphs import GraphedDecode
 from .model import Transformer
 from .pipeline import BUNDLED, ROOT, load_tokenizer, load_transformer, pick_device, pick_dtype
-from .roofline import MachineLimits, bound_seconds, measure_limits, step_costs
+from .roofline import MachineLimits, bound_seconds, measure_limits, memory_bytes, step_costs
 from .schedules import make_schedule, nar, raster, zipar
 
 ZIPAR_WINDOWS = (4, 8)
@@ -141,7 +141,8 @@ def summarise(case: Case, seconds: list[float], limits: MachineLimits) -> dict:
     q = statistics.quantiles(seconds, n=4) if len(seconds) >= 2 else [seconds[0]] * 3
     median = statistics.median(seconds)
     cfg = case.model.config
-    costs = step_costs(case.model, make_schedule(case.order, cfg.grid_size, case.window or 8), case.batch, case.cfg)
+    schedule = make_schedule(case.order, cfg.grid_size, case.window or 8)
+    costs = step_costs(case.model, schedule, case.batch, case.cfg)
     bound = bound_seconds(costs, limits)
     memory_steps = sum(c.bytes / limits.bandwidth_bytes_per_s > c.flops / limits.matmul_flops_per_s for c in costs)
     return {"suite": case.suite, "label": case.label, "order": case.order, "window": case.window,
@@ -150,6 +151,7 @@ def summarise(case: Case, seconds: list[float], limits: MachineLimits) -> dict:
             "latency_median_s": median, "latency_iqr_s": [q[0], q[2]],
             "latency_per_image_s": median / case.batch, "images_per_s": case.batch / median,
             "rounds": len(seconds), "peak_memory_bytes": peak_memory(case), "cuda_graphs": case.graphs,
+            **memory_bytes(case.model, schedule, case.batch, case.cfg),
             "bound_per_image_s": bound / case.batch, "times_bound": median / bound,
             "memory_bound_steps": memory_steps,
             "bytes_read": sum(c.bytes for c in costs), "flops": sum(c.flops for c in costs)}

@@ -82,6 +82,16 @@ def step_costs(model: Transformer, schedule: Schedule, batch: int, cfg: bool) ->
     return out
 
 
+def memory_bytes(model: Transformer, schedule: Schedule, batch: int, cfg: bool) -> dict:
+    """What a decode holds: the weights, and the KV cache it allocates (exact, on any device)."""
+    c = model.config
+    elem = model.tok_embeddings.weight.element_size()
+    seqs = batch * (2 if cfg else 1)
+    cache_len = compile_plan(c.kind, schedule).cache_len
+    return {"weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+            "kv_cache_bytes": 2 * c.n_blocks * seqs * (c.n_kv_head or c.n_head) * cache_len * c.head_dim * elem}
+
+
 def bound_seconds(costs: list[StepCost], limits: MachineLimits) -> float:
     return sum(max(s.bytes / limits.bandwidth_bytes_per_s, s.flops / limits.matmul_flops_per_s) for s in costs)
 
