@@ -136,7 +136,8 @@ def compile_plan(kind: str, schedule: Schedule) -> DecodePlan:
 
 
 @lru_cache(maxsize=64)
-def _plan_on(kind: str, schedule: Schedule, device: str) -> DecodePlan:
+def plan_on(kind: str, schedule: Schedule, device: str) -> DecodePlan:
+    """The compiled plan with its tensors on `device` (cached: built once per device)."""
     return compile_plan(kind, schedule).to(device)
 
 
@@ -222,7 +223,7 @@ def decode_steps(model: Transformer, schedule: Schedule, class_ids: torch.Tensor
     """
     check_request(model, schedule, class_ids, sampling)
     device = model.tok_embeddings.weight.device
-    plan = _plan_on(model.config.kind, schedule, str(device))
+    plan = plan_on(model.config.kind, schedule, str(device))
     state = new_state(model, plan, class_ids, sampling)
     decoded, busy = 0, 0.0
     for t, sp in enumerate(plan.steps):

@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 
 from .config import SamplingConfig
-from .decode import StepRecord, _plan_on, check_request, guided_at, new_state, run_step
+from .decode import StepRecord, plan_on, check_request, guided_at, new_state, run_step
 from .model import Transformer
 from .schedules import Schedule
 
@@ -31,7 +31,7 @@ class GraphedDecode:
         self.model, self.schedule, self.sampling = model, schedule, sampling
         self.device = model.tok_embeddings.weight.device
         self.use_graphs = use_graphs and self.device.type == "cuda"
-        self.plan = _plan_on(model.config.kind, schedule, str(self.device))
+        self.plan = plan_on(model.config.kind, schedule, str(self.device))
         probe_ids = torch.zeros(batch, dtype=torch.long)
         check_request(model, schedule, probe_ids, sampling)
         self.state = new_state(model, self.plan, probe_ids, sampling)

@@ -68,11 +68,11 @@ def test_measured_limits_are_plausible():
 
 
 def test_memory_bytes_match_what_a_decode_allocates(make_model):
-    from nar.decode import _plan_on, new_state
+    from nar.decode import plan_on, new_state
     from nar.roofline import memory_bytes
     model = make_model("raster", grid=5)
     schedule = make_schedule("zipar", 5, window=2)
     sampling = SamplingConfig(cfg_scale=3.0)
-    state = new_state(model, _plan_on("raster", schedule, "cpu"), torch.tensor([0, 1, 2]), sampling)
+    state = new_state(model, plan_on("raster", schedule, "cpu"), torch.tensor([0, 1, 2]), sampling)
     allocated = sum(t.numel() * t.element_size() for c in state.caches for t in (c.k, c.v))
     assert memory_bytes(model, schedule, batch=3, cfg=True)["kv_cache_bytes"] == allocated
