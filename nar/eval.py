@@ -133,6 +133,15 @@ def sweep_cfg(studio: Studio, ref: Reference, orders: list[str], per_class: int,
     return rows
 
 
+def with_headline(results: dict) -> list[dict]:
+    """The sweep's rows plus the headline run's (its CFG scale), ordered by scale."""
+    rows = list(results["cfg_sweep"])
+    if all(r["cfg_scale"] != results["cfg_scale"] for r in rows):
+        rows += [{"order": o, "cfg_scale": results["cfg_scale"], "class_accuracy": v["class_accuracy"],
+                  "frechet_distance": v["frechet_distance"]} for o, v in results["orders"].items()]
+    return sorted(rows, key=lambda r: r["cfg_scale"])
+
+
 def plot_sweep(rows: list[dict], path: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
@@ -189,7 +198,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         if scales:
             results["cfg_sweep"] = sweep_cfg(studio, ref, orders, args.per_class, sampling, args.window, scales)
             if samples_dir is not None:
-                results["cfg_sweep_plot"] = str(plot_sweep(results["cfg_sweep"], samples_dir / "quality_vs_cfg.png"))
+                results["cfg_sweep_plot"] = str(plot_sweep(with_headline(results), samples_dir / "quality_vs_cfg.png"))
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     if args.json:

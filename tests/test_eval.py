@@ -38,6 +38,8 @@ def test_eval_reports_every_order(tiny_checkpoints, tmp_path):
     at_3 = {r["order"]: r for r in sweep if r["cfg_scale"] == 3.0}
     assert report["cfg_scale"] == 4.0 and at_3["nar"]["frechet_distance"] != orders["nar"]["frechet_distance"]
     assert Path(report["cfg_sweep_plot"]).stat().st_size > 5000
+    from nar.eval import with_headline
+    assert [r["cfg_scale"] for r in with_headline(report)] == [1.0] * 3 + [3.0] * 3 + [4.0] * 3
 
 
 def test_bad_sweep_is_a_clear_error(tiny_checkpoints):
