@@ -187,9 +187,13 @@ def new_state(model: Transformer, plan: DecodePlan, class_ids: torch.Tensor, sam
                        caches=model.new_caches(labels.shape[0], plan.cache_len))
 
 
-def guided_at(sampling: SamplingConfig, decoded: int) -> bool:
-    """Whether CFG applies at a step that starts with `decoded` tokens already decoded."""
-    return sampling.cfg_scale > 1.0 and (sampling.cfg_interval < 0 or decoded <= sampling.cfg_interval)
+def guidance(plan: DecodePlan, sampling: SamplingConfig) -> list[bool]:
+    """Whether CFG applies at each step: off once more than cfg_interval tokens are decoded."""
+    flags, decoded = [], 0
+    for sp in plan.steps:
+        flags.append(sampling.cfg_scale > 1.0 and (sampling.cfg_interval < 0 or decoded <= sampling.cfg_interval))
+        decoded += len(sp.targets)
+    return flags
 
 
 def run_step(model: Transformer, state: DecodeState, t: int, sp: StepPlan, sampling: SamplingConfig,
@@ -225,11 +229,10 @@ def decode_steps(model: Transformer, schedule: Schedule, class_ids: torch.Tensor
     device = model.tok_embeddings.weight.device
     plan = plan_on(model.config.kind, schedule, str(device))
     state = new_state(model, plan, class_ids, sampling)
-    decoded, busy = 0, 0.0
+    guided, busy = guidance(plan, sampling), 0.0
     for t, sp in enumerate(plan.steps):
         started = time.perf_counter()
-        tokens, logits = run_step(model, state, t, sp, sampling, guided_at(sampling, decoded))
-        decoded += sp.targets.numel()
+        tokens, logits = run_step(model, state, t, sp, sampling, guided[t])
         if sync and device.type == "cuda":
             torch.cuda.synchronize(device)
         busy += time.perf_counter() - started

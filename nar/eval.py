@@ -18,8 +18,8 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Optional
 
 import numpy as np

@@ -12,12 +12,13 @@ buffers, which is how the buffer logic is tested without a GPU.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Iterator
 
 import torch
 
 from .config import SamplingConfig
-from .decode import StepRecord, plan_on, check_request, guided_at, new_state, run_step
+from .decode import StepRecord, check_request, guidance, new_state, plan_on, run_step
 from .model import Transformer
 from .schedules import Schedule
 
@@ -35,10 +36,7 @@ class GraphedDecode:
         probe_ids = torch.zeros(batch, dtype=torch.long)
         check_request(model, schedule, probe_ids, sampling)
         self.state = new_state(model, self.plan, probe_ids, sampling)
-        self.guided, decoded = [], 0
-        for sp in self.plan.steps:
-            self.guided.append(guided_at(sampling, decoded))
-            decoded += sp.targets.numel()
+        self.guided = guidance(self.plan, sampling)
         self.tokens: list[torch.Tensor] = []
         self.graphs: list[torch.cuda.CUDAGraph] = []
         if self.use_graphs:
@@ -69,9 +67,7 @@ class GraphedDecode:
         state = self.state
         if class_ids.shape != (state.batch,):
             raise ValueError(f"this decode was built for a batch of {state.batch}, got {tuple(class_ids.shape)}")
-        check_request(self.model, self.schedule, class_ids, self.sampling)
-        if not 0 <= seed < 2 ** 63:
-            raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+        check_request(self.model, self.schedule, class_ids, replace(self.sampling, seed=seed))  # validates the seed
         state.labels[:state.batch].copy_(class_ids)
         state.seeds.copy_(seed + torch.arange(state.batch))
         state.grid.fill_(-1)
