@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -28,8 +29,8 @@ from .decode import decode_steps
 from .graphs import GraphedDecode
 from .model import Transformer
 from .pipeline import BUNDLED, ROOT, load_tokenizer, load_transformer, pick_device, pick_dtype
-from .roofline import MachineLimits, bound_seconds, measure_limits, memory_bytes, step_costs
-from .schedules import make_schedule, nar, raster, zipar
+from .roofline import MachineLimits, bound_seconds, measure_limits, memory_bound_steps, memory_bytes, step_costs
+from .schedules import Schedule, make_schedule, nar, raster, zipar
 
 ZIPAR_WINDOWS = (4, 8)
 
@@ -47,24 +48,26 @@ class Case:
     graphs: bool = False   # replay CUDA graphs (built during warm-up) instead of launching eagerly
     _graphed: Optional[GraphedDecode] = field(default=None, init=False, repr=False)
 
+    @cached_property
+    def schedule(self) -> Schedule:
+        return make_schedule(self.order, self.model.config.grid_size, self.window or 8)
+
     def run(self) -> None:
-        schedule = make_schedule(self.order, self.model.config.grid_size, self.window or 8)
         ids = torch.zeros(self.batch, dtype=torch.long)
         sampling = SamplingConfig(cfg_scale=4.0 if self.cfg else 1.0, top_k=2000)
         if self.graphs:
             if self._graphed is None:
-                self._graphed = GraphedDecode(self.model, schedule, self.batch, sampling)
+                self._graphed = GraphedDecode(self.model, self.schedule, self.batch, sampling)
             grid = self._graphed(ids)
         else:
-            for record in decode_steps(self.model, schedule, ids, sampling, sync=False):
+            for record in decode_steps(self.model, self.schedule, ids, sampling, sync=False):
                 pass
             grid = record.grid
         synchronize(grid.device)
 
     @property
     def steps(self) -> int:
-        n = self.model.config.grid_size
-        return len(make_schedule(self.order, n, self.window or 8))
+        return len(self.schedule)
 
 
 def synchronize(device: torch.device) -> None:
@@ -141,19 +144,17 @@ def summarise(case: Case, seconds: list[float], limits: MachineLimits) -> dict:
     q = statistics.quantiles(seconds, n=4) if len(seconds) >= 2 else [seconds[0]] * 3
     median = statistics.median(seconds)
     cfg = case.model.config
-    schedule = make_schedule(case.order, cfg.grid_size, case.window or 8)
-    costs = step_costs(case.model, schedule, case.batch, case.cfg)
+    costs = step_costs(case.model, case.schedule, case.batch, case.cfg)
     bound = bound_seconds(costs, limits)
-    memory_steps = sum(c.bytes / limits.bandwidth_bytes_per_s > c.flops / limits.matmul_flops_per_s for c in costs)
     return {"suite": case.suite, "label": case.label, "order": case.order, "window": case.window,
             "model": cfg.kind, "params": sum(p.numel() for p in case.model.parameters()),
             "batch": case.batch, "cfg": case.cfg, "steps": case.steps, "grid": cfg.grid_size,
             "latency_median_s": median, "latency_iqr_s": [q[0], q[2]],
             "latency_per_image_s": median / case.batch, "images_per_s": case.batch / median,
             "rounds": len(seconds), "peak_memory_bytes": peak_memory(case), "cuda_graphs": case.graphs,
-            **memory_bytes(case.model, schedule, case.batch, case.cfg),
+            **memory_bytes(case.model, case.schedule, case.batch, case.cfg),
             "bound_per_image_s": bound / case.batch, "times_bound": median / bound,
-            "memory_bound_steps": memory_steps,
+            "memory_bound_steps": memory_bound_steps(costs, limits),
             "bytes_read": sum(c.bytes for c in costs), "flops": sum(c.flops for c in costs)}
 
 

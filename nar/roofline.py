@@ -92,8 +92,17 @@ def memory_bytes(model: Transformer, schedule: Schedule, batch: int, cfg: bool) 
             "kv_cache_bytes": 2 * c.n_blocks * seqs * (c.n_kv_head or c.n_head) * cache_len * c.head_dim * elem}
 
 
+def _memory_and_compute_seconds(cost: StepCost, limits: MachineLimits) -> tuple[float, float]:
+    return cost.bytes / limits.bandwidth_bytes_per_s, cost.flops / limits.matmul_flops_per_s
+
+
 def bound_seconds(costs: list[StepCost], limits: MachineLimits) -> float:
-    return sum(max(s.bytes / limits.bandwidth_bytes_per_s, s.flops / limits.matmul_flops_per_s) for s in costs)
+    return sum(max(_memory_and_compute_seconds(c, limits)) for c in costs)
+
+
+def memory_bound_steps(costs: list[StepCost], limits: MachineLimits) -> int:
+    """Steps whose bound is set by bytes read rather than by FLOPs."""
+    return sum(memory > compute for memory, compute in (_memory_and_compute_seconds(c, limits) for c in costs))
 
 
 def _sync(device: torch.device) -> None:

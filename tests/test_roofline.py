@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nar.config import SamplingConfig
 from nar.decode import generate
-from nar.roofline import MachineLimits, bound_seconds, measure_limits, step_costs
+from nar.roofline import MachineLimits, bound_seconds, measure_limits, memory_bound_steps, step_costs
 from nar.schedules import make_schedule
 
 
@@ -58,6 +58,8 @@ def test_bound_is_the_slower_of_memory_and_compute(make_model):
     compute_bound = MachineLimits(bandwidth_bytes_per_s=1e30, matmul_flops_per_s=1.0)
     assert bound_seconds(costs, memory_bound) == pytest.approx(sum(c.bytes for c in costs))
     assert bound_seconds(costs, compute_bound) == pytest.approx(sum(c.flops for c in costs))
+    assert memory_bound_steps(costs, memory_bound) == len(costs)
+    assert memory_bound_steps(costs, compute_bound) == 0
 
 
 def test_measured_limits_are_plausible():
