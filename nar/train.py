@@ -399,7 +399,15 @@ def train(cfg: TrainConfig, callbacks: Optional[Callbacks] = None) -> Path:
         torch.set_num_threads(cfg.threads)
     init_distributed()
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    # Rank 0 tokenizes and writes the shared token cache while the others wait, then they read
+    # it: no two ranks write the same cache, and rank 0's clean-up of a killed run's temporary
+    # files (train_loop) can never remove another rank's write in flight.
+    rank, world = dist_info()
+    if rank > 0:
+        dist.barrier()
     train_set, test_set, class_names, vocab, grid = prepare_tokens(cfg)
+    if world > 1 and rank == 0:
+        dist.barrier()
     log(f"{cfg.kind}: {len(train_set)} training images, {len(test_set) if test_set else 0} held out, "
         f"{len(class_names)} classes, vocab {vocab}, grid {grid}x{grid}", dist_info()[0])
     try:
