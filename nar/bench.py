@@ -28,7 +28,7 @@ from .config import SamplingConfig, model_config
 from .decode import decode_steps
 from .graphs import GraphedDecode
 from .model import Transformer
-from .pipeline import BUNDLED, ROOT, load_tokenizer, load_transformer, pick_device, pick_dtype
+from .loading import BUNDLED_DIR, ROOT, load_folder, pick_device, pick_dtype
 from .roofline import MachineLimits, bound_seconds, measure_limits, memory_bound_steps, memory_bytes, step_costs
 from .schedules import Schedule, make_schedule, nar, raster, zipar
 
@@ -239,6 +239,46 @@ def plot_steps(path: Path) -> str:
     return str(path)
 
 
+# -- reading reports back -----------------------------------------------------------------------
+def read_report(path: Path) -> tuple[str, list[dict]]:
+    """(device name, result rows) of a report this benchmark wrote; tolerant of missing keys (an
+    older or hand-made file): rows without a batch size or any time are skipped, the rest filled in."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{Path(path).name} is not a readable benchmark file ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{Path(path).name} is not a benchmark report (no results)")
+    device = str(data.get("device") or Path(path).stem)
+    rows = [row for row in (normalise_result(r) for r in data.get("results") or [] if isinstance(r, dict))
+            if row is not None]
+    return device, rows
+
+
+def normalise_result(r: dict) -> Optional[dict]:
+    """One result row with its time per image, or None when it has no usable time."""
+    try:
+        batch = int(r.get("batch", 1) or 1)
+    except (TypeError, ValueError):
+        return None
+    per_image = None
+    for key, conv in (("latency_per_image_s", lambda v: v), ("latency_median_s", lambda v: v / batch),
+                      ("images_per_s", lambda v: 1.0 / v if v else None)):
+        value = r.get(key)
+        if isinstance(value, (int, float)) and value > 0:
+            per_image = conv(float(value))
+            break
+    if per_image is None:
+        return None
+    order = r.get("order") or str(r.get("label", "?")).split(" ")[-1]
+    window = r.get("window")
+    label = str(r.get("label") or order).split(" ")[-1] if r.get("label") else (
+        f"{order}-{window}" if order == "zipar" and window else str(order))
+    return {"suite": str(r.get("suite", "")), "label": label, "order": str(order), "window": window,
+            "batch": batch, "cfg": bool(r.get("cfg", True)), "per_image_s": per_image,
+            "images_per_s": 1.0 / per_image}
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nar.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="bundled models, batch 1, CFG on")
@@ -247,7 +287,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="batch sizes (default 1,4,16 on a CPU; 1,16,64,256,1024 on a GPU, those that fit)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--checkpoints", default=str(BUNDLED["nar"].parent),
+    p.add_argument("--checkpoints", default=str(BUNDLED_DIR),
                    help="folder with nar.safetensors, raster.safetensors and vq.safetensors")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
@@ -261,11 +301,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     dtype = pick_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
     log = lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     try:
-        folder = Path(args.checkpoints)
-        nar_model = load_transformer(folder / "nar.safetensors", expect_kind="nar", device=device, dtype=dtype).model
-        raster_model = load_transformer(folder / "raster.safetensors", expect_kind="raster", device=device,
-                                        dtype=dtype).model
-        vq = load_tokenizer(folder / "vq.safetensors", device=device)
+        vq, nar_loaded, raster_loaded = load_folder(Path(args.checkpoints), device=device, dtype=dtype)
+        nar_model, raster_model = nar_loaded.model, raster_loaded.model
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: the bundled models are needed ({e})")
     default_batches = "1,16,64,256,1024" if device.type == "cuda" else "1,4,16"

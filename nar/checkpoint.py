@@ -1,4 +1,5 @@
-"""Checkpoint files: our safetensors format, the official .pt layouts, and Hub resolution.
+"""Checkpoint files: our safetensors format, the official .pt layouts, and the bounds on their configs.
+(Building models from them, and Hub resolution, are nar/loading.py.)
 
 Our format is one safetensors file whose metadata carries `nar_studio_kind` (nar, raster, vq,
 classifier), the model config as JSON and any extra JSON fields (class names, training state).
@@ -286,102 +287,7 @@ def check_config_bounds(kind: str, config: Mapping[str, Any], name: str) -> None
         raise CheckpointError(f"{name} asks for a model beyond what NAR Studio loads: " + ", ".join(problems))
 
 
-def _checked_build(cls, config, ckpt: "Checkpoint", name: str):
-    """cls(config) with the checkpoint's weights: shapes checked on the meta device first."""
-    with torch.device("meta"):
-        skeleton = cls(config)
-    check_state_matches(skeleton, ckpt.state_dict, name)
-    del skeleton
-    model = cls(config)
-    model.load_state_dict(ckpt.state_dict, strict=True)
-    return model.eval()
-
-
-# -- Hugging Face Hub -----------------------------------------------------------------------
-HUB_PREFIX = "hf://"
-
-
-def resolve(source: str | os.PathLike, filename: Optional[str] = None, *,
-            cache_dir: Optional[str] = None, offline: Optional[bool] = None,
-            revision: Optional[str] = None) -> Path:
-    """A local file path for `source`: a local path, or a Hub repo id (with `filename`, or as
-    "hf://owner/repo/path/in/repo"). Hub files come from huggingface_hub's cache; with
-    offline=True (or HF_HUB_OFFLINE=1) only the cache is used."""
-    text = str(source)
-    if filename is None and not text.startswith(HUB_PREFIX):
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise CheckpointError(f"no checkpoint file at {path}")
-        return path
-    if text.startswith(HUB_PREFIX):
-        parts = text[len(HUB_PREFIX):].split("/")
-        if len(parts) < 3:
-            raise CheckpointError(f"{text!r}: write hf://owner/repo/filename")
-        text, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    repo_id = validate_repo_id(text)
-    filename = validate_repo_filename(filename)
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError)
-    if offline is None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    try:
-        return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir, revision=revision,
-                                    local_files_only=offline))
-    except LocalEntryNotFoundError as e:
-        why = "offline mode is on" if offline else "the Hub could not be reached"
-        raise CheckpointError(f"{repo_id}/{filename} is not in the local Hugging Face cache and "
-                              f"{why}; download it once with network access or give a local path") from e
-    except RepositoryNotFoundError as e:
-        raise CheckpointError(f"Hub repository {repo_id!r} does not exist or is private") from e
-    except EntryNotFoundError as e:
-        raise CheckpointError(f"{filename!r} is not a file of Hub repository {repo_id!r}") from e
-    except (HfHubHTTPError, OSError) as e:
-        raise CheckpointError(f"could not fetch {repo_id}/{filename} from the Hub ({e})") from e
-
-
-_REPO_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
-
-
-def validate_repo_id(repo_id: str) -> str:
-    import re
-    if not isinstance(repo_id, str) or not re.fullmatch(f"{_REPO_PART}/{_REPO_PART}", repo_id or "") \
-            or ".." in repo_id:
-        raise CheckpointError(f"{_quoted(repo_id)} is not a Hub repo id (owner/name)")
-    return repo_id
-
-
-def validate_repo_filename(filename: Optional[str]) -> str:
-    if not isinstance(filename, str) or not filename:
-        raise CheckpointError(f"{_quoted(filename)} is not a file name inside a Hub repository")
-    parts = filename.split("/")
-    if filename.startswith("/") or any(p in ("", ".", "..") for p in parts) \
-            or "\\" in filename or ":" in filename or len(filename) > 200:
-        raise CheckpointError(f"{_quoted(filename)} is not a file name inside a Hub repository")
-    return filename
-
-
-def _quoted(value, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(str(value)):,} characters)"
-
-
-# -- building models from checkpoints -------------------------------------------------------
-def build_transformer(ckpt: Checkpoint):
-    """A Transformer in eval mode with the checkpoint's weights, strictly checked."""
-    from .config import ModelConfig
-    from .model import Transformer
-    if ckpt.kind not in ("nar", "raster"):
-        raise CheckpointError(f"{Path(ckpt.source).name} is a {ckpt.kind} checkpoint, not a NAR or raster model")
-    name = Path(ckpt.source).name or "checkpoint"
-    check_config_bounds(ckpt.kind, ckpt.config, name)
-    try:
-        config = ModelConfig.from_dict(ckpt.config)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{name} has an invalid model config ({str(e)[:300]})") from e
-    return _checked_build(Transformer, config, ckpt, name)
-
-
+# -- metadata of our checkpoints ------------------------------------------------------------
 def class_names_of(ckpt: Checkpoint) -> list[str]:
     """The class names stored with our checkpoints; official ones get "class 0", "class 1", ..."""
     n = int(ckpt.config.get("num_classes", 0))
@@ -395,18 +301,3 @@ def save_transformer(path: str | os.PathLike, model, class_names: list[str],
                      extra: Optional[Mapping[str, Any]] = None) -> Path:
     return save_checkpoint(path, model.config.kind, model.state_dict(), model.config.to_dict(),
                            {"class_names": list(class_names), **(extra or {})})
-
-
-def build_vq(ckpt: Checkpoint):
-    """A VQModel in eval mode with the checkpoint's weights, strictly checked."""
-    from .config import VQConfig
-    from .vq import VQModel
-    if ckpt.kind != "vq":
-        raise CheckpointError(f"{Path(ckpt.source).name} is a {ckpt.kind} checkpoint, not a VQ tokenizer")
-    name = Path(ckpt.source).name or "checkpoint"
-    check_config_bounds("vq", ckpt.config, name)
-    try:
-        config = VQConfig.from_dict(ckpt.config)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{name} has an invalid tokenizer config ({str(e)[:300]})") from e
-    return _checked_build(VQModel, config, ckpt, name)

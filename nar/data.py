@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nar.checkpoint import atomic_write
+from .checkpoint import atomic_write
 
 DEFAULT_CACHE = Path.home() / ".cache" / "nar-studio" / "npm"
 SPLITS = ("train", "test")

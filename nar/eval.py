@@ -28,7 +28,8 @@ import torch
 from .config import SamplingConfig
 from .data import load_split, to_tensor
 from .judge import load_judge, predict
-from .pipeline import ROOT, Studio
+from .loading import ROOT
+from .pipeline import Studio
 from .render import save_png, tile
 
 
@@ -190,7 +191,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         scales = [float(x) for x in args.sweep_cfg.split(",") if x.strip()]
         for scale in scales:
             replace(sampling, cfg_scale=scale).validate()
-        studio = Studio.from_folder(Path(args.checkpoints), args.device)
+        studio = Studio.from_pretrained(Path(args.checkpoints), args.device)
         ref = load_reference(args.judge, args.data)
         orders = args.orders.split(",")
         samples_dir = Path(args.samples_dir) if args.samples_dir else None

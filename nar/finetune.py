@@ -2,7 +2,10 @@
 progress, cancel, resume and sample previews.
 
 The job drives the same `train_loop` as `python -m nar.train`; it only adds the upload
-handling, a run folder per job, and the state a UI polls.
+handling, a run folder per job, and the state a UI polls. A run's progress (status, the step of
+its newest checkpoint, the target, the upload's classes, its status history) is kept in one
+place, the run folder's run.json; what a checkpoint needs to load on its own (config, class names)
+is in its metadata; the metrics log holds the losses.
 """
 from __future__ import annotations
 
@@ -19,18 +22,20 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write, build_transformer, class_names_of, read_checkpoint
+from .checkpoint import atomic_write
 from .config import SamplingConfig
 from .data import ImageSet
 from .decode import generate
-from .pipeline import LoadedModel, Studio
+from .loading import from_checkpoint
+from .pipeline import Studio
+from .render import tile
 from .schedules import nar as nar_schedule
 from .tokens import tokenize
 from .train import Callbacks, TrainConfig, split_run_checkpoint, train_loop
 from .uploads import UploadReport
 
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")
-RUN_FILE = "run.json"                # status, target steps and options of a run, rewritten as it changes
+RUN_FILE = "run.json"                # a run's progress and options, rewritten as it changes
 ACTIVE = ("starting", "tokenizing", "training")   # a run file left in one of these: the server died
 
 
@@ -44,12 +49,28 @@ def read_run_file(run_dir: Path) -> dict:
 
 
 def write_run_file(run_dir: Path, **fields) -> dict:
-    """Merge fields into run.json (atomically: a kill leaves the old or the new file, never half)."""
+    """Merge fields into run.json (atomically: a kill leaves the old or the new file, never half);
+    a change of status is appended to its history."""
     data = read_run_file(run_dir)
-    data.update(fields, updated=time.time())
+    now = time.time()
+    if "status" in fields and fields["status"] != data.get("status"):
+        data["history"] = [*data.get("history", []), {"status": fields["status"], "step": fields.get(
+            "step", data.get("step", 0)), "time": now}]
+    data.update(fields, updated=now)
     text = json.dumps(data, indent=1, default=str)
     atomic_write(Path(run_dir) / RUN_FILE, lambda tmp: Path(tmp).write_text(text))
     return data
+
+
+# what FineTuneOptions.validate accepts (the Train tab's inputs span the same ranges)
+OPTION_RANGES = {"steps": (1, 5000), "lr": (1e-6, 1e-2), "batch_size": (1, 128), "preview_every": (1, 5000)}
+OPTION_NAMES = {"steps": "steps", "lr": "learning rate", "batch_size": "batch size",
+                "preview_every": "preview interval"}
+
+
+def shown(bound: float) -> str:
+    """A range end as people write it: 5000, 1e-6."""
+    return str(bound) if isinstance(bound, int) else f"{bound:.0e}".replace("e-0", "e-")
 
 
 @dataclass(frozen=True)
@@ -63,16 +84,12 @@ class FineTuneOptions:
 
     def validate(self) -> "FineTuneOptions":
         problems = []
-        if not 1 <= self.steps <= 5000:
-            problems.append(f"steps must be in [1, 5000], got {self.steps}")
-        if not 1e-6 <= self.lr <= 1e-2:
-            problems.append(f"learning rate must be in [1e-6, 1e-2], got {self.lr}")
-        if not 1 <= self.batch_size <= 128:
-            problems.append(f"batch size must be in [1, 128], got {self.batch_size}")
+        for key, (lo, hi) in OPTION_RANGES.items():
+            value = getattr(self, key)
+            if not lo <= value <= hi:
+                problems.append(f"{OPTION_NAMES[key]} must be in [{shown(lo)}, {shown(hi)}], got {value}")
         if not re.fullmatch(r"all|heads|last:\d{1,2}", self.train_layers):
             problems.append(f"layers to train must be all, heads or last:K, got {self.train_layers!r}")
-        if not 1 <= self.preview_every <= 5000:
-            problems.append(f"preview interval must be in [1, 5000], got {self.preview_every}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -103,6 +120,9 @@ class _JobCallbacks(Callbacks):
     def __init__(self, job: "FineTuneJob"):
         self.job = job
 
+    def on_start(self, class_names: list[str]) -> None:
+        self.job.state.class_names = list(class_names)
+
     def on_metrics(self, metrics: dict) -> None:
         st = self.job.state
         st.step = metrics["step"]
@@ -112,6 +132,7 @@ class _JobCallbacks(Callbacks):
 
     def on_checkpoint(self, path: Path, step: int) -> None:
         self.job.state.checkpoint = path
+        self.job.record(step=step)
         if step % self.job.options.preview_every == 0 or step >= self.job.options.steps:
             self.job.make_preview(path, step)
             self.job.notify()
@@ -147,13 +168,14 @@ class FineTuneJob:
                            train_layers=o.train_layers, eval_every=10 ** 9, ckpt_every=every,
                            log_every=max(1, min(10, o.steps // 20)), seed=o.seed, dropout=0.1)
 
-    def _record(self, **fields) -> None:
+    def record(self, **fields) -> None:
         """Keep run.json in step with the job; a failed write (a full disk) never stops the job."""
         try:
             if "base" not in read_run_file(self.run_dir):
                 fields["base"] = str(self.base_checkpoint)
             write_run_file(self.run_dir, run_id=self.run_id, target_steps=self.options.steps,
-                           options=dataclasses.asdict(self.options), **fields)
+                           options=dataclasses.asdict(self.options), classes=list(self.upload.class_names),
+                           **fields)
         except OSError:
             pass
 
@@ -161,7 +183,7 @@ class FineTuneJob:
         st = self.state
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._record(status="tokenizing", message="")
+            self.record(status="tokenizing", message="")
             save_upload(self.run_dir, self.upload)
             st.status, st.message = "tokenizing", f"tokenizing {len(self.upload.labels)} images"
             self.notify()
@@ -173,20 +195,13 @@ class FineTuneJob:
                 st.message = f"tokenizing {count} images ({done}/{total} views with the flipped ones)"
             tokens = tokenize(self.studio.vq, f"upload-{self.run_id}", images, self.run_dir, progress)
             st.tokenized = 1.0
-            base = read_checkpoint(self.base_checkpoint)
-            names = class_names_of(base)
-            wanted = self.upload.class_names
-            # labels of the upload -> ids in the extended model (existing names keep theirs)
-            extended = names + [n for n in wanted if n not in names]
-            remap = torch.tensor([extended.index(n) for n in wanted])
-            tokens.labels = remap[tokens.labels]
-            st.class_names = extended
             st.status, st.message = "training", "training"
             self.notify()
-            self._record(status="training")
-            cfg = self.train_config()
-            best = train_loop(cfg, tokens, None, extended, base.config["vocab_size"], base.config["grid_size"],
-                              _JobCallbacks(self))
+            self.record(status="training")
+            # train_loop extends the base model's classes by the upload's and maps the labels
+            vq = self.studio.vq.cfg
+            best = train_loop(self.train_config(), tokens, None, self.upload.class_names, vq.codebook_size,
+                              vq.grid_size, _JobCallbacks(self))
             st.checkpoint = best
             if self.cancel_event.is_set():
                 st.status, st.message = "cancelled", f"cancelled at step {st.step}; the last checkpoint is kept"
@@ -194,7 +209,7 @@ class FineTuneJob:
                 st.status, st.message = "done", f"finished {st.step} steps"
         except Exception as e:  # the UI shows the message; the server keeps running
             st.status, st.message = "failed", f"{type(e).__name__}: {e}"
-        self._record(status=st.status, message=st.message, step=st.step)
+        self.record(status=st.status, message=st.message, step=st.step)
         self.notify()
 
     def notify(self) -> None:
@@ -210,20 +225,15 @@ class FineTuneJob:
             return self.version
 
     def make_preview(self, path: Path, step: int) -> None:
-        """Decode one image per uploaded class with NAR from the newest checkpoint."""
-        model = build_transformer(split_run_checkpoint(path)[0]).to(self.studio.device)
-        ids = torch.tensor([self.state.class_names.index(n) for n in self.upload.class_names][:8])
+        """Decode one image per uploaded class with NAR from the newest checkpoint, on the Studio's
+        device and in its dtype (what Generate will show once the run is used)."""
+        loaded = from_checkpoint(split_run_checkpoint(path)[0], device=self.studio.device, dtype=self.studio.dtype,
+                                 fits=self.studio.vq.cfg)
+        ids = torch.tensor([loaded.class_names.index(n) for n in self.upload.class_names][:8])
+        model = loaded.model
         grid = generate(model, nar_schedule(model.config.grid_size), ids, SamplingConfig(seed=self.options.seed))
-        from .render import tile
         self.state.preview = tile(list(self.studio.images(grid)))
         self.state.preview_step = step
-
-    def loaded_model(self) -> LoadedModel:
-        if self.state.checkpoint is None:
-            raise ValueError("this run has no checkpoint yet")
-        ckpt = split_run_checkpoint(self.state.checkpoint)[0]
-        model = build_transformer(ckpt).to(self.studio.device)
-        return LoadedModel(model, class_names_of(ckpt), f"fine-tuned run {self.run_id}")
 
 
 def save_upload(run_dir: Path, upload: UploadReport) -> None:

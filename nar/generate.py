@@ -16,7 +16,8 @@ from typing import Optional
 
 from .checkpoint import CheckpointError
 from .config import SamplingConfig
-from .pipeline import BUNDLED, Studio, load_tokenizer, load_transformer, pick_device
+from .loading import BUNDLED_DIR, load, pick_device
+from .pipeline import Studio
 from .render import save_gif, save_mp4, save_png, tile
 from .schedules import ORDERS
 
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="model file, Hub repo id (with --filename) or hf://owner/repo/file; "
                                         "default: the bundled model for the order")
     p.add_argument("--filename", help="file inside the Hub repo given by --checkpoint")
-    p.add_argument("--vq", default=str(BUNDLED["vq"]), help="tokenizer file or hf://owner/repo/file")
+    p.add_argument("--vq", default=str(BUNDLED_DIR / "vq.safetensors"), help="tokenizer file or hf://owner/repo/file")
     p.add_argument("--order", choices=ORDERS, default="nar")
     p.add_argument("--window", type=int, default=8, help="ZipAR window (tokens the row above must lead by)")
     p.add_argument("--class-id", action="append", default=None,
@@ -50,13 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_studio(args) -> Studio:
     device = pick_device(args.device)
-    vq = load_tokenizer(args.vq, device=device)
+    vq = load(args.vq, expect="vq", device=device)
     kind = "nar" if args.order == "nar" else "raster"
     if args.checkpoint:
-        loaded = load_transformer(args.checkpoint, args.filename, expect_kind=kind, device=device,
-                                  grid_size=args.grid_size)
+        loaded = load(args.checkpoint, args.filename, expect=kind, device=device, grid_size=args.grid_size)
     else:
-        loaded = load_transformer(BUNDLED[kind], expect_kind=kind, device=device)
+        loaded = load(BUNDLED_DIR / f"{kind}.safetensors", expect=kind, device=device)
     studio = Studio(vq)
     studio.swap(loaded)
     return studio

@@ -2,79 +2,42 @@
 
 `Studio` is what the command line, the app, the evaluation and the benchmark drive. It picks
 the model for a decoding order (the NAR model for "nar", the raster model for "raster" and
-"zipar"), runs the decoding engine, and turns token grids into images and animation frames.
+"zipar"), runs the decoding engine, and turns token grids into images and animation frames:
+
+    studio = Studio.from_pretrained("checkpoints")             # or a Hub repo id
+    out = studio(["smiley"], order="nar", sampling=SamplingConfig(seed=0), callback=print)
+    out.images, out.tokens, out.seconds
 """
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, build_transformer, build_vq, class_names_of, read_checkpoint, resolve
+from .checkpoint import CheckpointError
 from .config import SamplingConfig
 from .decode import StepRecord, decode_steps
-from .model import Transformer
+from .loading import BUNDLED_DIR, LoadedModel, fit_problem, load_folder, pick_device, pick_dtype
 from .render import compose_frame, to_uint8
 from .schedules import Schedule, make_schedule
 
-ROOT = Path(__file__).resolve().parent.parent
-BUNDLED = {"nar": ROOT / "checkpoints" / "nar.safetensors",
-           "raster": ROOT / "checkpoints" / "raster.safetensors",
-           "vq": ROOT / "checkpoints" / "vq.safetensors"}
-
-
-def pick_device(name: Optional[str] = None) -> torch.device:
-    if name and name != "auto":
-        return torch.device(name)
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def pick_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that support it (the reference sampling precision), fp32 elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
 
 @dataclass
-class LoadedModel:
-    model: Transformer
-    class_names: list[str]
-    source: str
-    path: Optional[Path] = None       # the local file the weights came from (fine-tuning starts there)
+class StudioOutput:
+    """What one call of a Studio gives back."""
+    images: np.ndarray                 # uint8 [B, H, W, 3]
+    tokens: torch.Tensor               # [B, n, n] token grids
+    seconds: float                     # decode time (the decoder's own work, no drawing)
+    step_seconds: list[float] = field(default_factory=list)   # decode time after each step
+    order: str = "nar"
 
-    def describe(self) -> dict:
-        cfg = self.model.config
-        params = sum(p.numel() for p in self.model.parameters())
-        return {"source": self.source, "kind": cfg.kind, "parameters": params,
-                "layers": cfg.n_layer, "extra_blocks": cfg.extra_blocks if cfg.kind == "nar" else 0,
-                "dim": cfg.dim, "heads": cfg.n_head, "vocab": cfg.vocab_size,
-                "grid": f"{cfg.grid_size}x{cfg.grid_size}", "classes": len(self.class_names)}
-
-
-def load_transformer(source: str | Path, filename: Optional[str] = None, *, expect_kind: Optional[str] = None,
-                     device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None,
-                     grid_size: int = 16) -> LoadedModel:
-    path = resolve(source, filename)
-    ckpt = read_checkpoint(path, grid_size=grid_size)
-    if expect_kind and ckpt.kind != expect_kind:
-        raise CheckpointError(f"{path.name} is a {ckpt.kind} checkpoint; a {expect_kind} model was expected")
-    model = build_transformer(ckpt)
-    device = device or pick_device()
-    model = model.to(device=device, dtype=dtype or pick_dtype(device))
-    return LoadedModel(model, class_names_of(ckpt), str(source if filename is None else f"{source}/{filename}"),
-                       Path(path))
-
-
-def load_tokenizer(source: str | Path, filename: Optional[str] = None, device: Optional[torch.device] = None,
-                   grid_size: int = 16):
-    """Our VQ safetensors, or an official LlamaGen VQ file (grid_size: its token grid per side)."""
-    ckpt = read_checkpoint(resolve(source, filename), grid_size=grid_size)
-    return build_vq(ckpt).to(device or pick_device())
+    @property
+    def steps(self) -> int:
+        return len(self.step_seconds)
 
 
 class Studio:
@@ -88,65 +51,52 @@ class Studio:
         self._blank_token: Optional[int] = None
 
     @classmethod
-    def from_folder(cls, folder: Path, device: Optional[str] = None) -> "Studio":
-        """The models in a folder holding nar.safetensors, raster.safetensors and vq.safetensors."""
-        files = {name: Path(folder) / f"{name}.safetensors" for name in ("nar", "raster", "vq")}
-        missing = [str(p) for p in files.values() if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"checkpoints missing: {', '.join(missing)}")
-        dev = pick_device(device)
-        vq = load_tokenizer(files["vq"], device=dev)
-        vq.source = str(files["vq"])
-        studio = cls(vq)
-        for kind in ("nar", "raster"):  # swap checks each model against the tokenizer
-            studio.swap(load_transformer(files[kind], expect_kind=kind, device=dev))
-        return studio
-
-    @classmethod
-    def bundled(cls, device: Optional[str] = None) -> "Studio":
-        return cls.from_folder(BUNDLED["nar"].parent, device)
+    def from_pretrained(cls, source: str | Path = BUNDLED_DIR, device: Optional[str] = None,
+                        dtype: Optional[torch.dtype] = None) -> "Studio":
+        """The models of a folder, or of a Hub repo id, holding nar.safetensors, raster.safetensors
+        and vq.safetensors (default: the bundled checkpoints); device "auto" picks a GPU if any."""
+        vq, nar, raster = load_folder(source, device=pick_device(device), dtype=dtype)
+        return cls(vq, nar, raster)
 
     @property
     def device(self) -> torch.device:
         return next(self.vq.parameters()).device
 
-    def swap(self, loaded: LoadedModel) -> None:
-        kind = loaded.model.config.kind
-        grid = self.vq.cfg.grid_size if hasattr(self.vq, "cfg") else None
-        if loaded.model.config.vocab_size != self.vq.cfg.codebook_size:
-            raise CheckpointError(f"model vocabulary {loaded.model.config.vocab_size} does not match the "
-                                  f"tokenizer's codebook of {self.vq.cfg.codebook_size}")
-        if grid is not None and loaded.model.config.grid_size != grid:
-            raise CheckpointError(f"model grid {loaded.model.config.grid_size} does not match the tokenizer's {grid}")
-        with self._lock:
-            self.models[kind] = loaded
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision the transformers run in (fine-tune previews use it too)."""
+        for loaded in self.models.values():
+            if loaded is not None:
+                return next(loaded.model.parameters()).dtype
+        return pick_dtype(self.device)
 
-    def swap_tokenizer(self, vq, models: tuple = ()) -> list[str]:
+    def check_fits(self, loaded: LoadedModel) -> None:
+        """CheckpointError if `loaded` does not fit the active tokenizer."""
+        problem = fit_problem(loaded.model.config, self.vq.cfg, "the active tokenizer")
+        if problem:
+            raise CheckpointError(problem + "; load its tokenizer together with it")
+
+    def swap(self, loaded: LoadedModel) -> None:
+        """Make `loaded` the model of its kind; CheckpointError if it does not fit the tokenizer."""
+        self.check_fits(loaded)
+        with self._lock:
+            self.models[loaded.model.config.kind] = loaded
+
+    def swap_tokenizer(self, vq, models: Sequence[LoadedModel] = ()) -> list[str]:
         """Replace the tokenizer, together with any of the transformers in `models`, atomically.
 
-        Every new model must match the new tokenizer (vocabulary = codebook, same grid), or
-        nothing changes. A model that is kept but does not match the new tokenizer is unloaded;
-        the kinds unloaded are returned so the caller can say so."""
-        codebook, grid = vq.cfg.codebook_size, vq.cfg.grid_size
-
-        def mismatch(loaded: LoadedModel) -> Optional[str]:
-            cfg = loaded.model.config
-            if cfg.vocab_size != codebook:
-                return f"vocabulary {cfg.vocab_size} vs the tokenizer's codebook of {codebook}"
-            if cfg.grid_size != grid:
-                return f"grid {cfg.grid_size}x{cfg.grid_size} vs the tokenizer's {grid}x{grid}"
-            return None
-
+        Every new model must fit the new tokenizer, or nothing changes. A model that is kept but
+        does not fit the new tokenizer is unloaded; the kinds unloaded are returned so the caller
+        can say so."""
         new = {}
         for loaded in models:
-            problem = mismatch(loaded)
+            problem = fit_problem(loaded.model.config, vq.cfg, "the new tokenizer")
             if problem:
-                raise CheckpointError(f"the {loaded.model.config.kind} model does not match the new "
-                                      f"tokenizer: {problem}")
+                raise CheckpointError(problem)
             new[loaded.model.config.kind] = loaded
         with self._lock:
             unloaded = [kind for kind, loaded in self.models.items()
-                        if kind not in new and loaded is not None and mismatch(loaded)]
+                        if kind not in new and loaded is not None and fit_problem(loaded.model.config, vq.cfg)]
             self.models.update(new)
             for kind in unloaded:
                 self.models[kind] = None
@@ -184,6 +134,20 @@ class Studio:
                      window: int = 8, sync: bool = True) -> Iterator[StepRecord]:
         loaded = self.model_for(order)
         return decode_steps(loaded.model, self.schedule(order, window), class_ids, sampling, sync=sync)
+
+    def __call__(self, classes: Sequence, order: str = "nar", sampling: SamplingConfig = SamplingConfig(),
+                 window: int = 8, callback: Optional[Callable[[StepRecord], None]] = None) -> StudioOutput:
+        """Decode one image per entry of `classes` (names or ids) in `order`; `callback` sees the
+        StepRecord of every step (its time is not counted). Returns images, tokens and timings."""
+        class_ids = self.class_ids(order, list(classes))
+        record, step_seconds = None, []
+        for record in self.decode_steps(order, class_ids, sampling.validate(), window=window):
+            step_seconds.append(record.elapsed)
+            if callback is not None:
+                callback(record)
+        n = self.model_for(order).model.config.grid_size
+        return StudioOutput(self.images(record.grid), record.grid.view(-1, n, n), record.elapsed, step_seconds,
+                            order)
 
     # -- pixels -----------------------------------------------------------------------------
     @property

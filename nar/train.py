@@ -29,11 +29,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .checkpoint import (CheckpointError, atomic_write, build_transformer, class_names_of,
-                         read_checkpoint, remove_stale_temp_files, save_checkpoint)
+from . import judge, vq_train
+from .checkpoint import CheckpointError, atomic_write, read_checkpoint, remove_stale_temp_files, save_checkpoint
 from .config import model_config
+from .data import ImageSet, load_split
+from .loading import from_checkpoint, load
 from .model import Transformer
-from .tokens import TokenSet
+from .tokens import TokenSet, tokenize
+from .uploads import scan_upload
 
 
 @dataclass
@@ -75,6 +78,8 @@ class TrainState:
 class Callbacks:
     """Hooks for a UI: progress reports and a cooperative stop (cancel keeps last.safetensors)."""
 
+    def on_start(self, class_names: list[str]) -> None: ...
+
     def on_metrics(self, metrics: dict) -> None: ...
 
     def on_checkpoint(self, path: Path, step: int) -> None: ...
@@ -106,27 +111,38 @@ def default_device() -> torch.device:
 
 
 # -- model, optimiser, schedule -------------------------------------------------------------
-def build_model(cfg: TrainConfig, vocab_size: int, grid_size: int, class_names: list[str]) -> tuple[Transformer, list[str]]:
-    """A fresh model, or the `init` checkpoint with class-embedding rows added for new classes."""
+def build_model(cfg: TrainConfig, vocab_size: int, grid_size: int,
+                class_names: list[str]) -> tuple[Transformer, list[str], torch.Tensor]:
+    """A fresh model, or the `init` checkpoint with class-embedding rows added for new classes;
+    with its class names and the remap of `class_names` indices to its class ids."""
     if cfg.init is None:
         torch.manual_seed(cfg.seed)  # the same config gives the same initial weights
         mcfg = model_config(cfg.size, kind=cfg.kind, vocab_size=vocab_size, grid_size=grid_size,
                             num_classes=len(class_names), token_dropout_p=cfg.dropout,
                             resid_dropout_p=cfg.dropout, ffn_dropout_p=cfg.dropout,
                             class_dropout_prob=cfg.class_dropout)
-        return Transformer(mcfg), list(class_names)
-    ckpt = read_checkpoint(cfg.init)
-    base = build_transformer(ckpt)
-    return extend_classes(base, class_names_of(ckpt), class_names)
+        return Transformer(mcfg), list(class_names), class_remap(class_names, class_names)
+    base = load(cfg.init, device=torch.device("cpu"), dtype=torch.float32)
+    return extend_classes(base.model, base.class_names, class_names)
 
 
-def extend_classes(model: Transformer, old_names: list[str], wanted: list[str]) -> tuple[Transformer, list[str]]:
-    """Model whose classes are old_names + the wanted names it lacks. Existing names keep their
-    rows; new rows start at the mean class embedding; the null row stays last (for CFG)."""
+def class_remap(names: list[str], wanted: list[str]) -> torch.Tensor:
+    """Index in `wanted` -> class id in a model whose classes are `names`."""
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        raise ValueError(f"the model has no class {', '.join(missing[:5])}")
+    return torch.tensor([names.index(n) for n in wanted], dtype=torch.long)
+
+
+def extend_classes(model: Transformer, old_names: list[str],
+                   wanted: list[str]) -> tuple[Transformer, list[str], torch.Tensor]:
+    """Model whose classes are old_names + the wanted names it lacks, its class names, and the
+    remap of `wanted` indices (data labels) to its class ids. Existing names keep their rows; new
+    rows start at the mean class embedding; the null row stays last (for CFG)."""
     new = [n for n in wanted if n not in old_names]
-    if not new:
-        return model, list(old_names)
     names = list(old_names) + new
+    if not new:
+        return model, names, class_remap(names, wanted)
     cfg = dataclasses.replace(model.config, num_classes=len(names))
     grown = Transformer(cfg)
     state = dict(model.state_dict())
@@ -135,7 +151,7 @@ def extend_classes(model: Transformer, old_names: list[str], wanted: list[str]) 
     fresh = real.mean(0, keepdim=True).repeat(len(new), 1)
     state["cls_embedding.embedding_table.weight"] = torch.cat([real, fresh, null])
     grown.load_state_dict(state, strict=True)
-    return grown, names
+    return grown, names, class_remap(names, wanted)
 
 
 def trainable_parameters(model: Transformer, which: str) -> list[tuple[str, torch.nn.Parameter]]:
@@ -210,9 +226,9 @@ def split_run_checkpoint(path: Path):
 def load_run_checkpoint(path: Path, device: torch.device) -> tuple[Transformer, dict, list[str], TrainState]:
     """Model, optimiser state by parameter name, class names and progress of a run."""
     ckpt, optim = split_run_checkpoint(path)
-    model = build_transformer(ckpt).to(device)
+    loaded = from_checkpoint(ckpt, device=device, dtype=torch.float32)
     state = TrainState(step=int(ckpt.extra.get("step", 0)), best_val=float(ckpt.extra.get("best_val", math.inf)))
-    return model, optim, class_names_of(ckpt), state
+    return loaded.model, optim, loaded.class_names, state
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, model: Transformer, saved: dict) -> None:
@@ -266,7 +282,9 @@ def evaluate(model: Transformer, data: TokenSet, device: torch.device, batch: in
 def train_loop(cfg: TrainConfig, train_data: TokenSet, val_data: Optional[TokenSet],
                class_names: list[str], vocab_size: int, grid_size: int,
                callbacks: Optional[Callbacks] = None) -> Path:
-    """Train (or resume) in cfg.run_dir; returns the path of the best weights."""
+    """Train (or resume) in cfg.run_dir; returns the path of the best weights. The labels of the
+    data index `class_names`; they are mapped to the model's class ids (an `init` model keeps its
+    classes and gains the new ones)."""
     callbacks = callbacks or Callbacks()
     rank, world = dist_info()
     device = default_device()
@@ -276,14 +294,20 @@ def train_loop(cfg: TrainConfig, train_data: TokenSet, val_data: Optional[TokenS
         for tmp in remove_stale_temp_files(run_dir):
             log(f"removed {tmp.name}, a partial write of a killed run")
     last, best = run_dir / "last.safetensors", run_dir / "best.safetensors"
+    wanted = list(class_names)
     if last.is_file():
         model, saved_optim, class_names, state = load_run_checkpoint(last, device)
+        remap = class_remap(class_names, wanted)
         log(f"resuming {last} at step {state.step}", rank)
         if rank == 0:
             trim_metrics(run_dir / "metrics.jsonl", state.step)
     else:
-        model, class_names = build_model(cfg, vocab_size, grid_size, class_names)
+        model, class_names, remap = build_model(cfg, vocab_size, grid_size, wanted)
         model, saved_optim, state = model.to(device), {}, TrainState()
+    train_data = dataclasses.replace(train_data, labels=remap[train_data.labels])
+    if val_data is not None:
+        val_data = dataclasses.replace(val_data, labels=remap[val_data.labels])
+    callbacks.on_start(list(class_names))
     params = trainable_parameters(model, cfg.train_layers)
     optimizer = make_optimizer(params, cfg)
     restore_optimizer(optimizer, model, saved_optim)
@@ -368,8 +392,6 @@ def log(message: str, rank: int = 0) -> None:
 def load_images(cfg: TrainConfig, image_size: int):
     """(train, held-out or None) image sets: a prepared data set (python -m nar.data), or a
     folder of class folders / a zip / image files as the app's training tab accepts them."""
-    from .data import ImageSet, load_split
-    from .uploads import scan_upload
     path = Path(cfg.data)
     if (path / "meta.json").is_file():
         return load_split(path, "train"), load_split(path, "test")
@@ -383,9 +405,7 @@ def load_images(cfg: TrainConfig, image_size: int):
 
 def prepare_tokens(cfg: TrainConfig, progress=None):
     """Load the tokenizer and the images, and tokenize them (cached in the run directory)."""
-    from .tokens import tokenize
-    from .vq import load_vq
-    vq = load_vq(cfg.vq).to(default_device()).eval()
+    vq = load(cfg.vq, expect="vq", device=default_device())
     cache = Path(cfg.run_dir)
     train_images, test_images = load_images(cfg, vq.cfg.image_size)
     train = tokenize(vq, cfg.vq, train_images, cache, progress)
@@ -436,11 +456,9 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainConfig:
 def main(argv: Optional[list[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "vq":
-        from .vq_train import main as vq_main
-        return vq_main(argv[1:])
+        return vq_train.main(argv[1:])
     if argv and argv[0] == "judge":
-        from .judge import main as judge_main
-        return judge_main(argv[1:])
+        return judge.main(argv[1:])
     try:
         train(parse_args(argv))
     except (CheckpointError, FileNotFoundError, ValueError) as e:

@@ -9,7 +9,6 @@ entry, and the conv decoder maps the grid back to pixels. Images are float [B, 3
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nar.config import VQConfig
+from .config import VQConfig
 
 # LlamaGen keeps the indices of the last 65536 quantised vectors in a buffer to report usage.
 USAGE_WINDOW = 65536
@@ -297,11 +296,3 @@ class VQModel(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, VQLosses]:
         z_q, losses = self.quantize(self.encode_latent(images))
         return self.decode_latent(z_q), losses
-
-
-def load_vq(path: str | os.PathLike, grid_size: int = 16) -> VQModel:
-    """A VQModel in eval mode from our safetensors checkpoint or an official LlamaGen VQ torch
-    file (weights only, tensors under "model"), with strict key checks (nar/checkpoint.py).
-    grid_size is the token grid of an official file, whose image size is not stored in it."""
-    from nar.checkpoint import build_vq, read_checkpoint
-    return build_vq(read_checkpoint(path, grid_size=grid_size))

@@ -23,10 +23,10 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from nar.checkpoint import atomic_write, read_safetensors, save_checkpoint
-from nar.config import VQConfig
-from nar.data import load_split, to_tensor
-from nar.vq import VQModel
+from .checkpoint import atomic_write, read_safetensors, save_checkpoint
+from .config import VQConfig
+from .data import load_split, to_tensor
+from .vq import VQModel
 
 
 def small_vq_config() -> VQConfig:

@@ -1,64 +1,20 @@
-"""What a public NAR Studio server adds to Gradio: numeric inputs that answer a wrong value with a
-clear message, a cap on request bodies, password protection and the bind address.
+"""What a public NAR Studio server adds to Gradio: a cap on request bodies, password protection,
+the bind address, and an allocator that keeps a long-running server's memory flat.
 
-Gradio checks a slider's range on the server, but a value of the wrong type ("abc", NaN, a list)
-sent to the API fails inside Gradio's own preprocessing with no message for the caller;
-`Slider` and `Number` here check the type first. Requests other than file uploads carry a few
-hundred bytes of JSON; `BodyLimit` refuses bodies over a limit before they are read into memory
-(file uploads have Gradio's own `max_file_size`).
+Requests other than file uploads carry a few hundred bytes of JSON; `BodyLimit` refuses bodies
+over a limit before they are read into memory (file uploads have Gradio's own `max_file_size`).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import ipaddress
-from abc import ABCMeta
 import json
-import math
 import os
-from typing import Any, Optional
-
-import gradio as gr
+from typing import Optional
 
 MAX_BODY_BYTES = 2 * 2 ** 20        # any request but a file upload
 AUTH_ENV = "NAR_STUDIO_AUTH"        # user:password[,user:password...]; keeps passwords out of `ps`
-
-
-# -- numeric inputs ----------------------------------------------------------------------------
-def checked_number(payload: Any, label: Optional[str], allow_none: bool = False):
-    """The payload as an int or float, or gr.Error naming the input."""
-    name = label or "a number input"
-    if payload is None:
-        if allow_none:
-            return None
-        raise gr.Error(f"{name}: a number is required", title="Cannot do that", print_exception=False)
-    value = payload
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            value = payload
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        shown = repr(payload)
-        shown = shown if len(shown) <= 40 else shown[:40] + "…"
-        raise gr.Error(f"{name} must be a number, got {shown}", title="Cannot do that", print_exception=False)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise gr.Error(f"{name} must be a finite number, got {value}", title="Cannot do that",
-                       print_exception=False)
-    return value
-
-
-def _checked(base: type, allow_none: bool) -> type:
-    """A template of `base` (same front-end component) whose preprocess checks the type first."""
-    def preprocess(self, payload):
-        return base.preprocess(self, checked_number(payload, self.label, allow_none))
-    attrs = {"__module__": __name__, "__qualname__": base.__name__, "is_template": True, "preprocess": preprocess,
-             "__doc__": f"gr.{base.__name__} whose API input is checked to be a finite number before its range."}
-    # ABCMeta.__new__, not a class statement: Gradio's ComponentMeta would write a type stub of this
-    # module (guard.pyi) next to it on every import.
-    return ABCMeta.__new__(type(base), base.__name__, (base,), attrs)
-
-
-Slider = _checked(gr.Slider, allow_none=False)
-Number = _checked(gr.Number, allow_none=True)
 
 
 # -- request bodies ----------------------------------------------------------------------------
@@ -156,8 +112,6 @@ def tune_allocator(arenas: int = 2, mmap_threshold: int = 128 * 1024) -> bool:
     each time a large buffer is freed, so later frame-sized buffers land in those arenas too. Both
     made the server's RSS grow by about 4 MB per 16 requests without end in the load test; with
     two arenas and a fixed threshold it stays flat (see README, Reliability)."""
-    import ctypes
-    import ctypes.util
     if "MALLOC_ARENA_MAX" in os.environ or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     try:

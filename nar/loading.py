@@ -1,0 +1,245 @@
+"""The one way to load a model: a local file, a Hugging Face Hub reference or a folder -> a
+transformer or a tokenizer on a device and dtype, checked to fit the tokenizer it will run with.
+
+Every caller (the app, the Train tab, fine-tune previews, training, evaluation, the benchmark and
+the command line) goes through `load`, `from_checkpoint` or `load_folder`; the file formats
+themselves live in checkpoint.py.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from .checkpoint import (Checkpoint, CheckpointError, check_config_bounds, check_state_matches, class_names_of,
+                         read_checkpoint)
+from .config import ModelConfig, VQConfig
+from .model import Transformer
+from .vq import VQModel
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_DIR = ROOT / "checkpoints"
+KINDS = ("vq", "nar", "raster")     # the files of a folder: <kind>.safetensors
+HUB_PREFIX = "hf://"
+
+
+def quoted(value, limit: int = 60) -> str:
+    """repr(value) for a message, cut to about `limit` characters: a hostile 1 MB string is not
+    echoed back whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(str(value)):,} characters)"
+
+
+# -- device and precision ----------------------------------------------------------------------
+def pick_device(name: Optional[str] = None) -> torch.device:
+    if name and name != "auto":
+        return torch.device(name)
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def pick_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs that support it (the reference sampling precision), fp32 elsewhere."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+# -- what a load gives ---------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    model: Transformer
+    class_names: list[str]
+    source: str
+    path: Optional[Path] = None       # the local file the weights came from (fine-tuning starts there)
+
+    def describe(self) -> dict:
+        cfg = self.model.config
+        params = sum(p.numel() for p in self.model.parameters())
+        return {"source": self.source, "kind": cfg.kind, "parameters": params,
+                "layers": cfg.n_layer, "extra_blocks": cfg.extra_blocks if cfg.kind == "nar" else 0,
+                "dim": cfg.dim, "heads": cfg.n_head, "vocab": cfg.vocab_size,
+                "grid": f"{cfg.grid_size}x{cfg.grid_size}", "classes": len(self.class_names)}
+
+
+Loaded = Union[LoadedModel, VQModel]   # a tokenizer carries its label as `.source`
+
+
+def fit_problem(model: ModelConfig, vq: VQConfig, tokenizer: str = "the tokenizer") -> Optional[str]:
+    """Why a transformer cannot run with a tokenizer (its vocabulary is the codebook, its grid the
+    tokenizer's), or None when it fits."""
+    if model.vocab_size != vq.codebook_size:
+        return (f"the {model.kind} model's vocabulary ({model.vocab_size}) does not match {tokenizer}'s "
+                f"codebook ({vq.codebook_size})")
+    if model.grid_size != vq.grid_size:
+        return (f"the {model.kind} model's {model.grid_size}x{model.grid_size} grid does not match "
+                f"{tokenizer}'s {vq.grid_size}x{vq.grid_size}")
+    return None
+
+
+def check_fits(model: ModelConfig, vq: VQConfig, tokenizer: str = "the tokenizer") -> None:
+    problem = fit_problem(model, vq, tokenizer)
+    if problem:
+        raise CheckpointError(problem)
+
+
+# -- building ------------------------------------------------------------------------------------
+def _checked_build(cls, config, ckpt: Checkpoint, name: str):
+    """cls(config) with the checkpoint's weights: shapes checked on the meta device first."""
+    with torch.device("meta"):
+        skeleton = cls(config)
+    check_state_matches(skeleton, ckpt.state_dict, name)
+    del skeleton
+    model = cls(config)
+    model.load_state_dict(ckpt.state_dict, strict=True)
+    return model.eval()
+
+
+def build_transformer(ckpt: Checkpoint) -> Transformer:
+    """A Transformer in eval mode (fp32, CPU) with the checkpoint's weights, strictly checked."""
+    if ckpt.kind not in ("nar", "raster"):
+        raise CheckpointError(f"{Path(ckpt.source).name} is a {ckpt.kind} checkpoint, not a NAR or raster model")
+    name = Path(ckpt.source).name or "checkpoint"
+    check_config_bounds(ckpt.kind, ckpt.config, name)
+    try:
+        config = ModelConfig.from_dict(ckpt.config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{name} has an invalid model config ({str(e)[:300]})") from e
+    return _checked_build(Transformer, config, ckpt, name)
+
+
+def build_vq(ckpt: Checkpoint) -> VQModel:
+    """A VQModel in eval mode (fp32, CPU) with the checkpoint's weights, strictly checked."""
+    if ckpt.kind != "vq":
+        raise CheckpointError(f"{Path(ckpt.source).name} is a {ckpt.kind} checkpoint, not a VQ tokenizer")
+    name = Path(ckpt.source).name or "checkpoint"
+    check_config_bounds("vq", ckpt.config, name)
+    try:
+        config = VQConfig.from_dict(ckpt.config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{name} has an invalid tokenizer config ({str(e)[:300]})") from e
+    return _checked_build(VQModel, config, ckpt, name)
+
+
+def from_checkpoint(ckpt: Checkpoint, *, label: Optional[str] = None, expect: Optional[str] = None,
+                    device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None,
+                    fits: Optional[VQConfig] = None) -> Loaded:
+    """A read checkpoint -> a LoadedModel (transformer) or a VQModel (tokenizer, fp32) on `device`.
+
+    expect: the kind wanted ("nar", "raster", "vq"); dtype: the transformer's (default: pick_dtype);
+    fits: a tokenizer config the transformer must fit (CheckpointError otherwise)."""
+    label = label or Path(ckpt.source).name or "checkpoint"
+    if expect and ckpt.kind != expect:
+        wanted = "a VQ tokenizer" if expect == "vq" else f"a {expect} model"
+        raise CheckpointError(f"{Path(ckpt.source).name or label} is a {ckpt.kind} checkpoint; {wanted} was expected")
+    device = device or pick_device()
+    if ckpt.kind == "vq":
+        vq = build_vq(ckpt).to(device)
+        vq.source = label
+        return vq
+    if ckpt.kind not in ("nar", "raster"):
+        raise CheckpointError(f"{label} is a {ckpt.kind} checkpoint, not a NAR, raster or VQ tokenizer checkpoint")
+    model = build_transformer(ckpt)
+    if fits is not None:
+        check_fits(model.config, fits)
+    model = model.to(device=device, dtype=dtype or pick_dtype(device))
+    return LoadedModel(model, class_names_of(ckpt), label, Path(ckpt.source) if ckpt.source else None)
+
+
+def load(source: str | os.PathLike, filename: Optional[str] = None, *, expect: Optional[str] = None,
+         device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None, grid_size: int = 16,
+         fits: Optional[VQConfig] = None) -> Loaded:
+    """Load a transformer or a tokenizer from a local file or the Hub (see `resolve`).
+    grid_size: the token grid of an official checkpoint, whose files do not store it."""
+    path = resolve(source, filename)
+    label = str(source if filename is None else f"{source}/{filename}")
+    return from_checkpoint(read_checkpoint(path, grid_size=grid_size), label=label, expect=expect,
+                           device=device, dtype=dtype, fits=fits)
+
+
+def load_folder(source: str | os.PathLike = BUNDLED_DIR, device: Optional[torch.device] = None,
+                dtype: Optional[torch.dtype] = None) -> tuple[VQModel, LoadedModel, LoadedModel]:
+    """(tokenizer, NAR model, raster model) of a folder, or of a Hub repo ("owner/name" or
+    "hf://owner/name"), holding vq.safetensors, nar.safetensors and raster.safetensors."""
+    text = str(source)
+    local = Path(text).expanduser()
+    if local.is_dir() or not _looks_like_repo(text):
+        files = {kind: local / f"{kind}.safetensors" for kind in KINDS}
+        missing = [str(p) for p in files.values() if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"checkpoints missing: {', '.join(missing)}")
+        refs = {kind: (path, None) for kind, path in files.items()}
+    else:
+        repo = text[len(HUB_PREFIX):] if text.startswith(HUB_PREFIX) else text
+        refs = {kind: (repo, f"{kind}.safetensors") for kind in KINDS}
+    device = device or pick_device()
+    vq = load(*refs["vq"], expect="vq", device=device)
+    nar, raster = (load(*refs[kind], expect=kind, device=device, dtype=dtype, fits=vq.cfg) for kind in ("nar", "raster"))
+    return vq, nar, raster
+
+
+def _looks_like_repo(text: str) -> bool:
+    return text.startswith(HUB_PREFIX) or re.fullmatch(f"{_REPO_PART}/{_REPO_PART}", text) is not None
+
+
+# -- Hugging Face Hub -----------------------------------------------------------------------------
+_REPO_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+
+
+def resolve(source: str | os.PathLike, filename: Optional[str] = None, *,
+            cache_dir: Optional[str] = None, offline: Optional[bool] = None,
+            revision: Optional[str] = None) -> Path:
+    """A local file path for `source`: a local path, or a Hub repo id (with `filename`, or as
+    "hf://owner/repo/path/in/repo"). Hub files come from huggingface_hub's cache; with
+    offline=True (or HF_HUB_OFFLINE=1) only the cache is used."""
+    text = str(source)
+    if filename is None and not text.startswith(HUB_PREFIX):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"no checkpoint file at {path}")
+        return path
+    if text.startswith(HUB_PREFIX):
+        parts = text[len(HUB_PREFIX):].split("/")
+        if len(parts) < 3:
+            raise CheckpointError(f"{text!r}: write hf://owner/repo/filename")
+        text, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    repo_id = validate_repo_id(text)
+    filename = validate_repo_filename(filename)
+    from huggingface_hub import hf_hub_download   # imported on first Hub use: it is slow to import
+    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError)
+    if offline is None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir, revision=revision,
+                                    local_files_only=offline))
+    except LocalEntryNotFoundError as e:
+        why = "offline mode is on" if offline else "the Hub could not be reached"
+        raise CheckpointError(f"{repo_id}/{filename} is not in the local Hugging Face cache and "
+                              f"{why}; download it once with network access or give a local path") from e
+    except RepositoryNotFoundError as e:
+        raise CheckpointError(f"Hub repository {repo_id!r} does not exist or is private") from e
+    except EntryNotFoundError as e:
+        raise CheckpointError(f"{filename!r} is not a file of Hub repository {repo_id!r}") from e
+    except (HfHubHTTPError, OSError) as e:
+        raise CheckpointError(f"could not fetch {repo_id}/{filename} from the Hub ({e})") from e
+
+
+def validate_repo_id(repo_id: str) -> str:
+    if not isinstance(repo_id, str) or not re.fullmatch(f"{_REPO_PART}/{_REPO_PART}", repo_id or "") \
+            or ".." in repo_id:
+        raise CheckpointError(f"{quoted(repo_id)} is not a Hub repo id (owner/name)")
+    return repo_id
+
+
+def validate_repo_filename(filename: Optional[str]) -> str:
+    if not isinstance(filename, str) or not filename:
+        raise CheckpointError(f"{quoted(filename)} is not a file name inside a Hub repository")
+    parts = filename.split("/")
+    if filename.startswith("/") or any(p in ("", ".", "..") for p in parts) \
+            or "\\" in filename or ":" in filename or len(filename) > 200:
+        raise CheckpointError(f"{quoted(filename)} is not a file name inside a Hub repository")
+    return filename

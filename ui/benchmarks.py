@@ -1,0 +1,71 @@
+"""Speed for the Compare tab: the files `python -m nar.bench` wrote (read by the benchmark's own
+reader), and a measurement now, on this device, by the benchmark's own cases and interleaved timer.
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from nar.bench import Case, device_name, time_interleaved
+from nar.pipeline import Studio
+
+from .race import COMPARE_ORDERS
+from .requests import MeasureRequest
+from .stream import ORDER_LABELS
+
+
+def benchmark_files(folder: Path, device: Optional[torch.device] = None) -> list[Path]:
+    """benchmarks/*.json, this device's first (full run before quick run), then the others."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stem = device_name(device) if device is not None else None
+
+    def rank(p: Path):
+        if stem and p.stem == stem:
+            return (0, p.name)
+        if stem and p.stem == f"{stem}-quick":
+            return (1, p.name)
+        return (2, p.name)
+    return sorted(folder.glob("*.json"), key=rank)
+
+
+def measure(studio: Studio, request: MeasureRequest, cfg: bool = True,
+            progress: Optional[Callable[[float, str], None]] = None) -> list[dict]:
+    """Time per image against batch size for the three orders, measured now on this device: one
+    warm-up each, then `rounds` interleaved rounds (the median run); rows as in benchmarks/*.json."""
+    for order in COMPARE_ORDERS:
+        studio.model_for(order)    # a clear error when a model is missing
+    cases = [Case(order, "measured", studio.model_for(order).model, order,
+                  request.window if order == "zipar" else None, batch, bool(cfg))
+             for batch in request.batches for order in COMPARE_ORDERS]
+    total, done = len(cases) + request.rounds, 0
+
+    def report(message: str) -> None:
+        nonlocal done
+        if progress:
+            progress(done / total, message)
+        done += 1
+    times = time_interleaved(cases, request.rounds, warmup=1, progress=report)
+    results = []
+    for i, case in enumerate(cases):
+        if not times[i]:      # did not fit in GPU memory
+            continue
+        median = float(statistics.median(times[i]))
+        results.append({"suite": "measured", "label": case.order + (f"-{case.window}" if case.window else ""),
+                        "order": case.order, "window": case.window, "model": case.model.config.kind,
+                        "batch": case.batch, "cfg": bool(cfg), "steps": case.steps, "latency_median_s": median,
+                        "latency_per_image_s": median / case.batch, "images_per_s": case.batch / median,
+                        "rounds": request.rounds})
+    if progress:
+        progress(1.0, "done")
+    return results
+
+
+def measured_table(rows: list[dict]) -> list[list]:
+    """Rows of the "Measured now" table: order, batch, ms per image, images/s."""
+    return [[ORDER_LABELS[r["order"]] + (f" (window {r['window']})" if r["window"] else ""), r["batch"],
+             round(1000 * r["latency_per_image_s"], 2), round(r["images_per_s"], 2)] for r in rows]

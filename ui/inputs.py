@@ -1,0 +1,62 @@
+"""Gradio inputs that answer a wrong value with a clear message, and errors shown as messages.
+
+Gradio checks a slider's range on the server, but a value of the wrong type ("abc", NaN, a list)
+sent to the API fails inside Gradio's own preprocessing with no message for the caller;
+`Slider` and `Number` here check the type first (the ranges are checked by ui/requests.py).
+"""
+from __future__ import annotations
+
+import math
+from abc import ABCMeta
+from typing import Any, Optional
+
+import gradio as gr
+
+from nar.checkpoint import CheckpointError
+
+PROBLEMS = (ValueError, CheckpointError, FileNotFoundError)   # what a handler answers with a message
+
+
+def fail(e: Exception) -> gr.Error:
+    """A message for the visitor (never a traceback)."""
+    return gr.Error(str(e), title="Cannot do that", print_exception=False)
+
+
+def checked_number(payload: Any, label: Optional[str], allow_none: bool = False):
+    """The payload as an int or float, or gr.Error naming the input."""
+    name = label or "a number input"
+    if payload is None:
+        if allow_none:
+            return None
+        raise gr.Error(f"{name}: a number is required", title="Cannot do that", print_exception=False)
+    value = payload
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            value = payload
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        shown = repr(payload)
+        shown = shown if len(shown) <= 40 else shown[:40] + "…"
+        raise gr.Error(f"{name} must be a number, got {shown}", title="Cannot do that", print_exception=False)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise gr.Error(f"{name} must be a finite number, got {value}", title="Cannot do that",
+                       print_exception=False)
+    return value
+
+
+def _checked(base: type, allow_none: bool) -> type:
+    """A template of `base` (same front-end component) whose preprocess checks the type first."""
+    def preprocess(self, payload):
+        return base.preprocess(self, checked_number(payload, self.label, allow_none))
+    attrs = {"__module__": __name__, "__qualname__": base.__name__, "is_template": True, "preprocess": preprocess,
+             "__doc__": f"gr.{base.__name__} whose API input is checked to be a finite number before its range."}
+    # ABCMeta.__new__, not a class statement: Gradio's ComponentMeta would write a type stub of this
+    # module (inputs.pyi) next to it on every import.
+    return ABCMeta.__new__(type(base), base.__name__, (base,), attrs)
+
+
+Slider = _checked(gr.Slider, allow_none=False)
+Number = _checked(gr.Number, allow_none=True)
+
+

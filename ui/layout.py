@@ -1,0 +1,71 @@
+"""The app's layout: a header and one tab per job (ui/tab_*.py), wired to one Service; the view
+updates that cross tabs (the active models changed) and the page-load refreshes are wired here."""
+from __future__ import annotations
+
+from pathlib import Path
+import gradio as gr
+
+from . import tab_compare, tab_generate, tab_model, tab_train
+from .context import Context
+from .service import Service
+from .training import TrainingService
+
+CSS = """
+.gradio-container { max-width: 1280px !important; margin: 0 auto !important; }
+#live img, .panel img, #final-gallery img { image-rendering: pixelated; }
+#live img, .panel img { width: 100%; height: 100%; object-fit: contain; }
+.caption { font-variant-numeric: tabular-nums; min-height: 1.6em; }
+.caption p { margin: 0.25em 0 !important; }
+#header p { margin-top: 0 !important; color: var(--body-text-color-subdued); }
+#seed-row, #cmp-seed-row { align-items: end; }
+#train-preview img, #scan-thumbs img { image-rendering: pixelated; }
+#train-preview img { width: 100%; height: 100%; object-fit: contain; }
+.hint p { margin: 0 !important; font-size: var(--text-sm); color: var(--body-text-color-subdued); }
+#train-status { min-height: 1.6em; font-variant-numeric: tabular-nums; }
+#train-status p, #scan-summary p, #train-note p { margin: 0.25em 0 !important; }
+.train-progress { display: flex; align-items: center; gap: 12px; font-variant-numeric: tabular-nums; }
+.train-progress .track { flex: 1; height: 12px; border-radius: 6px; overflow: hidden;
+  background: var(--neutral-200); border: 1px solid var(--border-color-primary); }
+.dark .train-progress .track { background: var(--neutral-700); }
+.train-progress .fill { height: 100%; background: var(--color-accent); transition: width 0.6s ease; }
+.train-progress.done .fill { background: var(--secondary-500); }
+.train-progress.stopped .fill { background: var(--neutral-400); }
+.train-progress.failed .fill { background: var(--error-500, #ef4444); }
+.train-progress .label { min-width: 15em; text-align: right; font-size: var(--text-sm);
+  color: var(--body-text-color-subdued); }
+#runs-row { align-items: end; }
+#train-weights .empty { min-height: 64px !important; height: 64px !important; }
+"""
+
+
+def theme():
+    system = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
+    mono = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
+    return gr.themes.Default(primary_hue="orange", secondary_hue="blue", neutral_hue="slate", font=system,
+                             font_mono=mono)
+
+
+def build_app(service: Service, benchmarks: Path, concurrency: int, training: TrainingService) -> gr.Blocks:
+    """The Gradio Blocks of the app over a Service, and a TrainingService for the Train tab."""
+    ctx = Context(service, training, Path(benchmarks), concurrency)
+    tabs = {"generate": tab_generate, "compare": tab_compare, "model": tab_model, "train": tab_train}
+    titles = {"generate": "Generate", "compare": "Compare", "model": "Model", "train": "Train"}
+    with gr.Blocks(title="NAR Studio", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("# NAR Studio", elem_id="title")
+        ctx.tabs["header"] = gr.Markdown(ctx.device_line(), elem_id="header")
+        with gr.Tabs():
+            for name, module in tabs.items():
+                with gr.Tab(titles[name], id=name):
+                    ctx.tabs[name] = module.build(ctx)
+        for name, module in tabs.items():
+            module.wire(ctx, ctx.tabs[name])
+        compare, train = ctx.tabs["compare"], ctx.tabs["train"]
+        # another session may have swapped models, or python -m nar.bench written files, since the page was built
+        demo.load(ctx.refresh, ctx.view_inputs(), ctx.view_outputs(), api_name="model_info", **ctx.light)
+        demo.load(compare.refresh_benchmarks, compare.bench_pick, [compare.bench_pick, compare.lat_fig,
+                                                                   compare.measured],
+                  api_name="benchmark_files", api_visibility="undocumented", **ctx.light)
+        demo.load(train.overview, [train.runs_pick, train.train_layers],
+                  [train.runs_pick, train.train_note, train.train_layers],
+                  api_name="train_runs", api_visibility="undocumented", **ctx.light)
+    return demo

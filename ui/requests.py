@@ -1,0 +1,191 @@
+"""What a visitor sends, parsed and validated once: every bad field is named in one ValueError,
+and what comes out (a GenerateRequest holding a SamplingConfig, FineTuneOptions, a batch list) is
+frozen and never changed afterwards.
+
+The Gradio inputs (ui/inputs.py) only check that a number is a number; the ranges are checked
+here, by the library's own validators (SamplingConfig.validate, FineTuneOptions.validate).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+
+from nar.config import SamplingConfig
+from nar.finetune import FineTuneOptions
+from nar.loading import quoted
+from nar.pipeline import Studio
+from nar.schedules import ORDERS
+
+MAX_IMAGES = 16
+MAX_FRAME_SECONDS = 2.0
+MAX_NAME_CHARS = 200            # a class name, a Hub repo id or file name as typed (longer is refused)
+MAX_MEASURE_BATCH = 64
+MAX_MEASURE_ROUNDS = 20
+MAX_GRID = 64
+
+
+def as_int(name: str, value, problems: list[str]) -> Optional[int]:
+    """`value` as an int, or None with the problem appended."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        problems.append(f"{name} must be a number, got {value!r}")
+        return None
+    if not math.isfinite(f) or f != int(f):
+        problems.append(f"{name} must be a whole number, got {value!r}")
+        return None
+    return int(f)
+
+
+def as_float(name: str, value, problems: list[str]) -> Optional[float]:
+    """`value` as a finite float, or None with the problem appended."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        problems.append(f"{name} must be a number, got {value!r}")
+        return None
+    if not math.isfinite(f):
+        problems.append(f"{name} must be a finite number, got {value!r}")
+        return None
+    return f
+
+
+def in_range(name: str, value, lo, hi, problems: list[str], convert=as_int, unit: str = ""):
+    parsed = convert(name, value, problems)
+    if parsed is not None and not lo <= parsed <= hi:
+        problems.append(f"{name} must be in [{lo}, {hi}]{unit}, got {value}")
+        return None
+    return parsed
+
+
+def raise_if(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def frame_seconds(value) -> float:
+    """The playback delay: at least this many seconds between shown frames."""
+    problems: list[str] = []
+    seconds = in_range("seconds per frame", 0.0 if value is None else value, 0, MAX_FRAME_SECONDS, problems,
+                       as_float)
+    raise_if(problems)
+    return float(seconds)
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """A checked decode request: the class ids for each order it is decoded in, the sampling."""
+    class_name: str | int
+    num_images: int
+    order: str
+    window: int
+    sampling: SamplingConfig
+    class_ids: dict = field(default_factory=dict)      # order -> long tensor [num_images]
+
+
+def parse_request(studio: Studio, orders: Sequence[str], class_name=0, num_images=1, window=8,
+                  cfg_scale=4.0, cfg_interval=-1, temperature=1.0, top_k=2000, top_p=1.0,
+                  seed=0) -> GenerateRequest:
+    """Validate a request for the given orders (the first is the request's order). Raises
+    ValueError naming every problem."""
+    problems: list[str] = []
+    for order in orders:
+        if order not in ORDERS:
+            problems.append(f"unknown order {order!r}; choose from {', '.join(ORDERS)}")
+    num = in_range("number of images", num_images, 1, MAX_IMAGES, problems)
+    n = int(studio.vq.cfg.grid_size)
+    if "zipar" in orders:
+        w = as_int("ZipAR window", window, problems)
+        if w is not None and not 1 <= w <= n:
+            problems.append(f"ZipAR window must be in [1, {n}] for a {n}x{n} grid, got {w}")
+    else:
+        w = min(8, n)   # unused by the other orders
+    values = {}
+    for name, raw, conv in (("cfg_scale", cfg_scale, as_float), ("cfg_interval", cfg_interval, as_int),
+                            ("temperature", temperature, as_float), ("top_k", top_k, as_int),
+                            ("top_p", top_p, as_float), ("seed", seed, as_int)):
+        values[name] = conv(name.replace("_", " ").replace("cfg", "CFG"), raw, problems)
+    sampling = None
+    if None not in values.values():
+        try:
+            sampling = SamplingConfig(**values).validate()
+        except ValueError as e:
+            problems.append(str(e))
+    ids = class_ids(studio, [o for o in orders if o in ORDERS], class_name, num or 1, problems)
+    raise_if(problems)
+    return GenerateRequest(class_name, num, orders[0], w, sampling, ids)
+
+
+def class_ids(studio: Studio, orders: Sequence[str], class_name, count: int,
+              problems: list[str]) -> dict[str, torch.Tensor]:
+    """The ids of `class_name` in the model of each order, `count` times."""
+    if class_name is None or str(class_name).strip() == "":
+        problems.append("pick a class")
+    elif not isinstance(class_name, (str, int)) or isinstance(class_name, bool):
+        problems.append(f"the class must be a name or a class id, got {quoted(class_name)}")
+    elif len(str(class_name)) > MAX_NAME_CHARS:
+        problems.append(f"unknown class {quoted(class_name)}: class names are at most {MAX_NAME_CHARS} characters")
+    else:
+        ids = {}
+        for order in orders:
+            try:
+                ids[order] = studio.class_ids(order, [class_name] * count)
+            except ValueError as e:
+                if str(e) not in problems:
+                    problems.append(str(e))
+        return ids
+    return {}
+
+
+@dataclass(frozen=True)
+class MeasureRequest:
+    batches: tuple[int, ...]
+    window: int
+    rounds: int
+
+
+def parse_measure(batches, window, rounds, grid_size: int) -> MeasureRequest:
+    problems: list[str] = []
+    parsed = sorted({b for b in (as_int("batch size", x, problems) for x in batches or []) if b})
+    if not parsed:
+        problems.append("pick at least one batch size")
+    elif parsed[0] < 1 or parsed[-1] > MAX_MEASURE_BATCH:
+        problems.append(f"batch sizes must be in [1, {MAX_MEASURE_BATCH}]")
+    r = in_range("rounds", rounds, 1, MAX_MEASURE_ROUNDS, problems)
+    w = as_int("ZipAR window", window, problems)
+    if w is not None and not 1 <= w <= grid_size:
+        problems.append(f"ZipAR window must be in [1, {grid_size}]")
+    raise_if(problems)
+    return MeasureRequest(tuple(parsed), w, r)
+
+
+def parse_grid(value, default: int) -> int:
+    """The token grid an official checkpoint is read with (its files do not store it)."""
+    if value in (None, "", 0):
+        return default
+    problems: list[str] = []
+    grid = in_range("token grid", value, 1, MAX_GRID, problems)
+    raise_if(problems)
+    return grid
+
+
+def parse_options(steps, lr, batch_size, layers, preview_every, seed=0, blocks: int = 0) -> FineTuneOptions:
+    """Fine-tuning options; the ranges are FineTuneOptions.validate's, every bad field named once."""
+    problems: list[str] = []
+    values = {"steps": as_int("steps", steps, problems), "lr": as_float("learning rate", lr, problems),
+              "batch_size": as_int("batch size", batch_size, problems),
+              "preview_every": as_int("preview interval", preview_every, problems),
+              "seed": as_int("seed", seed, problems)}
+    layers = str(layers or "all").strip()
+    if layers.startswith("last:") and blocks:
+        try:
+            k = int(layers.split(":", 1)[1])
+            if not 1 <= k <= blocks:
+                problems.append(f"the model has {blocks} blocks; train the last 1 to {blocks}, not {k}")
+        except ValueError:
+            pass  # FineTuneOptions.validate names it
+    raise_if(problems)
+    return FineTuneOptions(train_layers=layers, **values).validate()
