@@ -1,4 +1,5 @@
-"""The emoji image data set the bundled models train on, and the loader training code uses.
+"""The emoji image data set the bundled models train on: fetched, labelled, split and written
+(the runtime loader of the written folders is nar/images.py).
 
 Images are freely licensed emoji artwork shipped on the npm registry (Google Noto, Twemoji,
 OpenMoji, Fluent Emoji "flat"), rendered to size x size RGB on white. Labels are merged Unicode
@@ -28,13 +29,12 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .checkpoint import atomic_write
+from .images import SPLITS
 
 DEFAULT_CACHE = Path.home() / ".cache" / "nar-studio" / "npm"
-SPLITS = ("train", "test")
 TEST_FRACTION = 0.12
 CAP_RATIO = 6.0  # no class may have more than CAP_RATIO x the images of the smallest class (more data beats balance here)
 
@@ -112,48 +112,6 @@ class Item:
     subgroup: str
     path: Path
     skin_tone: bool
-
-
-@dataclass
-class ImageSet:
-    images: np.ndarray       # uint8 [N, H, W, 3]
-    labels: np.ndarray       # int64 [N]
-    class_names: list[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-class DatasetMissingError(FileNotFoundError):
-    """The data set has not been prepared; the message names the command that builds it."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-
-
-def load_split(data_dir: str | os.PathLike, split: str) -> ImageSet:
-    """Read `train` or `test` from a directory written by `prepare`."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
-    data_dir = Path(data_dir)
-    npz_path, meta_path = data_dir / f"{split}.npz", data_dir / "meta.json"
-    missing = [p.name for p in (npz_path, meta_path) if not p.is_file()]
-    if missing:
-        raise DatasetMissingError(
-            f"The emoji data set is not prepared in {data_dir} (missing {', '.join(missing)}). "
-            f"Build it with: python -m nar.data prepare --out {data_dir}")
-    meta = json.loads(meta_path.read_text())
-    with np.load(npz_path) as npz:
-        images, labels = npz["images"], npz["labels"].astype(np.int64)
-    return ImageSet(images=images, labels=labels, class_names=list(meta["class_names"]))
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC images -> float32 NCHW tensor in [-1, 1]."""
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {images.shape}")
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .config import SamplingConfig
-from .data import load_split, to_tensor
+from .images import load_split, to_tensor
 from .judge import load_judge, predict
 from .loading import ROOT
 from .pipeline import Studio

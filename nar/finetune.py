@@ -24,7 +24,7 @@ import torch
 
 from .checkpoint import atomic_write
 from .config import SamplingConfig
-from .data import ImageSet
+from .images import ImageSet
 from .decode import generate
 from .loading import from_checkpoint
 from .pipeline import Studio

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, class_names_of, load_state_strict, read_checkpoint, save_checkpoint
-from .data import load_split, to_tensor
+from .images import load_split, to_tensor
 
 
 @dataclass

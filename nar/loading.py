@@ -132,11 +132,11 @@ def from_checkpoint(ckpt: Checkpoint, *, label: Optional[str] = None, expect: Op
     expect: the kind wanted ("nar", "raster", "vq"); dtype: the transformer's (default: pick_dtype);
     fits: a tokenizer config the transformer must fit (CheckpointError otherwise)."""
     label = label or Path(ckpt.source).name or "checkpoint"
-    if expect and ckpt.kind != expect:
-        wanted = "a VQ tokenizer" if expect == "vq" else f"a {expect} model"
-        raise CheckpointError(f"{Path(ckpt.source).name or label} is a {ckpt.kind} checkpoint; {wanted} was expected")
+    if expect in ("nar", "raster") and ckpt.kind != expect:
+        raise CheckpointError(f"{Path(ckpt.source).name or label} is a {ckpt.kind} checkpoint; a {expect} model "
+                              f"was expected")
     device = device or pick_device()
-    if ckpt.kind == "vq":
+    if ckpt.kind == "vq" or expect == "vq":     # build_vq names a file of another kind
         vq = build_vq(ckpt).to(device)
         vq.source = label
         return vq

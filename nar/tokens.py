@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_write
-from .data import ImageSet, to_tensor
+from .images import ImageSet, to_tensor
 
 ProgressFn = Callable[[int, int], None]
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from . import judge, vq_train
 from .checkpoint import CheckpointError, atomic_write, read_checkpoint, remove_stale_temp_files, save_checkpoint
 from .config import model_config
-from .data import ImageSet, load_split
+from .images import ImageSet, load_split
 from .loading import from_checkpoint, load
 from .model import Transformer
 from .tokens import TokenSet, tokenize

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .checkpoint import atomic_write, read_safetensors, save_checkpoint
 from .config import VQConfig
-from .data import load_split, to_tensor
+from .images import load_split, to_tensor
 from .vq import VQModel
 
 

@@ -191,18 +191,19 @@ def test_compare_returns_three_orders_with_step_counts(client, window):
     assert all("done" in caption for caption in updates[-1][3:6])
 
 
-def test_compare_interleaves_by_decode_clock(tiny_checkpoints, monkeypatch):
+def test_compare_interleaves_by_decode_clock(tiny_checkpoints):
     """With a deterministic clock (every raster step 1.0 s, ZipAR 1.25 s, NAR 2.0 s), the scheduler
     always advances the decoder that is behind, so all panels show the same decode time and NAR
     (7 steps, 14 s) is shown finished while raster (16 steps, 16 s) is still decoding."""
     import torch
-    from nar.service import GenerateRequest, Service
+    from ui.race import COMPARE_ORDERS
+    from ui.service import Service
     threads = torch.get_num_threads()
     torch.set_num_threads(1)          # tiny convolutions: extra threads only wait on a busy CI box
-    request = GenerateRequest(class_name="dog", seed=4, window=2)
+    service = Service.from_folder(tiny_checkpoints["vq"].parent, device="cpu")
+    request = service.request(COMPARE_ORDERS, class_name="dog", seed=4, window=2)
     try:
-        updates = _compare_on_fake_clock(Service.from_folder(tiny_checkpoints["vq"].parent, device="cpu"),
-                                         request, monkeypatch)
+        updates = _compare_on_fake_clock(service, request)
     finally:
         torch.set_num_threads(threads)
     for u in updates[:-1]:
@@ -220,15 +221,10 @@ def test_compare_interleaves_by_decode_clock(tiny_checkpoints, monkeypatch):
 COST = {"raster": 1.0, "zipar": 1.25, "nar": 2.0}
 
 
-def _compare_on_fake_clock(service, request, monkeypatch) -> list:
-    import dataclasses
-    real = service.studio.decode_steps
-
-    def fake_clock(order, *args, **kwargs):
-        for record in real(order, *args, **kwargs):
-            yield dataclasses.replace(record, elapsed=COST[order] * (record.step + 1))
-    monkeypatch.setattr(service.studio, "decode_steps", fake_clock)
-    return list(service.compare(request, max_frames=20))
+def _compare_on_fake_clock(service, request) -> list:
+    def fake_clock(order, record):
+        return COST[order] * (record.step + 1)
+    return list(service.compare(request, max_frames=20, clock=fake_clock))
 
 
 @pytest.mark.parametrize("args,message", [
@@ -318,7 +314,8 @@ def test_measure_on_demand(client):
 def test_benchmark_files_are_read_tolerantly(tmp_path):
     import json as _json
     from nar import plots
-    from nar.service import benchmark_files, read_benchmark
+    from nar.bench import read_report as read_benchmark
+    from ui.benchmarks import benchmark_files
     report = {"device": "cpu-2threads", "results": [
         {"order": "nar", "model": "nar", "batch": 1, "cfg": True, "latency_median_s": 0.5, "images_per_s": 2.0},
         {"order": "nar", "batch": 4, "latency_median_s": 1.0},                    # no cfg, images/s
@@ -348,7 +345,7 @@ def test_benchmark_files_are_read_tolerantly(tmp_path):
 def test_zerogpu_shim(monkeypatch):
     """`spaces.GPU` wraps the handlers when the package is importable; a no-op without it."""
     import types
-    from nar.service import gpu
+    from ui.zerogpu import gpu
 
     def handler():
         return "ran"

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nar.checkpoint import (CheckpointError, build_transformer, class_names_of, read_checkpoint,
-                            resolve, save_checkpoint, save_transformer)
+from nar.checkpoint import CheckpointError, class_names_of, read_checkpoint, save_checkpoint, save_transformer
+from nar.loading import build_transformer, resolve
 from nar.config import ModelConfig
 from nar.decode import generate
 from nar.model import Transformer

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from nar import data
+from nar.images import DatasetMissingError, load_split, to_tensor
 from nar.data import Item
 
 
@@ -244,7 +245,7 @@ def test_build_writes_a_data_set_that_loads_back(tmp_path):
     assert meta["image_size"] == 16
     assert {s["licence"] for s in meta["sources"]} == {
         "Apache-2.0", "CC-BY-4.0", "CC-BY-SA-4.0", "MIT"}
-    train, test = data.load_split(out, "train"), data.load_split(out, "test")
+    train, test = load_split(out, "train"), load_split(out, "test")
     assert train.class_names == list(data.CLASS_NAMES)
     assert (len(train), len(test)) == (meta["splits"]["train"]["images"],
                                        meta["splits"]["test"]["images"]) == (54, 6)
@@ -259,21 +260,21 @@ def test_build_writes_a_data_set_that_loads_back(tmp_path):
 
 
 def test_missing_data_set_names_the_command(tmp_path):
-    with pytest.raises(data.DatasetMissingError, match="python -m nar.data prepare --out"):
-        data.load_split(tmp_path / "nowhere", "train")
+    with pytest.raises(DatasetMissingError, match="python -m nar.data prepare --out"):
+        load_split(tmp_path / "nowhere", "train")
     with pytest.raises(FileNotFoundError):  # callers may catch the standard error
-        data.load_split(tmp_path / "nowhere", "test")
+        load_split(tmp_path / "nowhere", "test")
     with pytest.raises(ValueError, match="split"):
-        data.load_split(tmp_path, "validation")
+        load_split(tmp_path, "validation")
 
 
 def test_to_tensor_scales_to_minus_one_one():
     images = np.array([[[[0, 255, 128]]]], np.uint8)
-    tensor = data.to_tensor(images)
+    tensor = to_tensor(images)
     assert tensor.shape == (1, 3, 1, 1) and tensor.dtype == torch.float32
     assert tensor.flatten().tolist() == pytest.approx([-1.0, 1.0, 128 / 127.5 - 1], abs=1e-6)
     with pytest.raises(ValueError):
-        data.to_tensor(images[0])
+        to_tensor(images[0])
 
 
 # --- helpers ----------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ def pets_zip(path: Path, per_class: int = 6) -> Path:
 def check_run_files(run_dir: Path) -> dict:
     """Every file a run holds, read back in full: what a kill may leave is only hidden .tmp files
     (and at most one cut-off last line of the append-only metrics log). Returns what was found."""
-    from nar.checkpoint import build_transformer, read_checkpoint
+    from nar.checkpoint import read_checkpoint
+    from nar.loading import build_transformer
     from nar.finetune import load_upload
     from nar.train import split_run_checkpoint
     found = {"tmp": sorted(p.name for p in run_dir.glob(".*.tmp"))}
@@ -157,8 +158,8 @@ def test_full_disk_during_fine_tuning_keeps_the_last_good_checkpoint(tiny_checkp
 
     import nar.checkpoint
     from nar.checkpoint import read_checkpoint
-    from nar.service import GenerateRequest, Service
-    from nar.training_service import TrainingService
+    from ui.service import Service
+    from ui.training import TrainingService
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -190,7 +191,7 @@ def test_full_disk_during_fine_tuning_keeps_the_last_good_checkpoint(tiny_checkp
         view = training.view(job.run_id)
         assert view.status == "failed" and "No space left on device" in view.text
         # the server side is unaffected: a request decodes
-        assert next(u for u in service.generate(GenerateRequest(class_name="dog")) if u.done).images
+        assert next(u for u in service.generate(service.request(["nar"], class_name="dog")) if u.done).images
         # space again: the run resumes from its last good checkpoint and finishes
         monkeypatch.setattr(nar.checkpoint, "save_file", real)
         resumed = training.resume(job.run_id, options)

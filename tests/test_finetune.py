@@ -8,11 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from nar.checkpoint import build_transformer, class_names_of, read_checkpoint
+from nar.checkpoint import class_names_of, read_checkpoint
 from nar.config import SamplingConfig
 from nar.decode import generate
 from nar.finetune import Busy, FineTuneManager, FineTuneOptions
-from nar.pipeline import Studio, load_tokenizer, load_transformer
+from nar.loading import build_transformer, load
+from nar.pipeline import Studio
 from nar.schedules import nar
 from nar.uploads import scan_upload
 
@@ -39,8 +40,8 @@ def upload(tmp_path):
 
 @pytest.fixture
 def studio(tiny_checkpoints):
-    vq = load_tokenizer(tiny_checkpoints["vq"], device=torch.device("cpu"))
-    return Studio(vq, load_transformer(tiny_checkpoints["nar"], device=torch.device("cpu")))
+    vq = load(tiny_checkpoints["vq"], expect="vq", device=torch.device("cpu"))
+    return Studio(vq, load(tiny_checkpoints["nar"], expect="nar", device=torch.device("cpu")))
 
 
 def wait(job, timeout=240):

@@ -762,7 +762,7 @@ def test_binds_to_loopback_and_serves_behind_a_login(server, tiny_checkpoints, r
 
 def test_launch_options_warn_about_an_open_network_bind(tmp_path, capsys, monkeypatch):
     import app
-    from nar.guard import parse_auth
+    from ui.server import parse_auth
     monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
     options = app.launch_options(app.parse_args([]), tmp_path, [])
     assert options["server_name"] == "127.0.0.1" and options["allowed_paths"] == [str(tmp_path)]

@@ -3,7 +3,8 @@ import json
 
 import torch
 
-from nar.checkpoint import build_transformer, read_checkpoint
+from nar.checkpoint import read_checkpoint
+from nar.loading import build_transformer
 from nar.train import Callbacks, TrainConfig, extend_classes, train_loop
 from nar.tokens import TokenSet
 

@@ -185,7 +185,8 @@ def test_hostile_uploads_are_skipped_or_refused_with_reasons(client, tmp_path, r
 
 def test_fine_tune_learns_a_new_class_and_generates_it(client, pets_zip, runs_dir):
     import torch
-    from nar.checkpoint import build_transformer, class_names_of, read_checkpoint
+    from nar.checkpoint import class_names_of, read_checkpoint
+    from nar.loading import build_transformer
     from nar.config import SamplingConfig
     from nar.decode import generate as decode
     from nar.schedules import nar

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from nar.checkpoint import read_safetensors, save_checkpoint
 from nar.config import VQConfig
-from nar.vq import VQModel, load_vq
+from nar.loading import load
+from nar.vq import VQModel
 from nar.vq_train import (VQTrainConfig, batch_indices, complete_steps, restart_dead_codes,
                           train_step, train_vq)
 
@@ -186,7 +187,7 @@ def test_save_load_round_trip(tmp_path):
     model = VQModel(tiny_config()).eval()
     path = save_checkpoint(tmp_path / "vq.safetensors", "vq", model.state_dict(),
                            model.cfg.to_dict(), extra={"test_psnr": 1.0})
-    loaded = load_vq(path)
+    loaded = load(path, expect="vq", device=torch.device("cpu"))
     assert loaded.cfg == model.cfg and not loaded.training
     codes = torch.randint(0, 64, (2, 8, 8))
     assert torch.equal(loaded.decode(codes), model.decode(codes))
@@ -212,7 +213,7 @@ def test_resumed_training_matches_uninterrupted(tmp_path):
     # Lose the last checkpoint, as if the run had been killed after step 3, and resume.
     (tmp_path / "run" / "vq_0000006.safetensors").unlink()
     out = train_vq(dataclasses.replace(cfg, out=str(tmp_path / "resumed.safetensors")))
-    full, resumed = load_vq(cfg.out), load_vq(out)
+    full, resumed = (load(p, expect="vq", device=torch.device("cpu")) for p in (cfg.out, out))
     for key, value in full.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
     extra = read_safetensors(out).extra

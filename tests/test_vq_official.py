@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from nar.checkpoint import CheckpointError, build_vq, read_checkpoint
+from nar.checkpoint import CheckpointError, read_checkpoint
 from nar.config import VQConfig
-from nar.pipeline import load_tokenizer
+from nar.loading import build_vq, load
 from nar.vq import VQModel
 
 
@@ -26,7 +26,7 @@ def test_official_vq_layout_loads_and_decodes_identically(tmp_path):
     loaded = build_vq(ckpt)
     tokens = torch.randint(0, 64, (2, 2, 2))
     assert torch.equal(vq.decode(tokens), loaded.decode(tokens))
-    tokenizer = load_tokenizer(path, device=torch.device("cpu"), grid_size=2)
+    tokenizer = load(path, expect="vq", device=torch.device("cpu"), grid_size=2)
     assert torch.equal(tokenizer.decode(tokens), vq.decode(tokens))
 
 
@@ -42,4 +42,4 @@ def test_transformer_file_is_not_a_tokenizer(make_model, tmp_path):
     from nar.checkpoint import save_transformer
     path = save_transformer(tmp_path / "m.safetensors", make_model("nar"), list("abcde"))
     with pytest.raises(CheckpointError, match="not a VQ tokenizer"):
-        load_tokenizer(path, device=torch.device("cpu"))
+        load(path, expect="vq", device=torch.device("cpu"))

@@ -1,0 +1,52 @@
+"""The image sets training and evaluation read: a prepared data set folder (train.npz, test.npz
+and meta.json, as `python -m nar.data prepare` writes them), and images as model input.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPLITS = ("train", "test")
+
+
+@dataclass
+class ImageSet:
+    images: np.ndarray       # uint8 [N, H, W, 3]
+    labels: np.ndarray       # int64 [N]
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class DatasetMissingError(FileNotFoundError):
+    """The data set has not been prepared; the message names the command that builds it."""
+
+
+def load_split(data_dir: str | os.PathLike, split: str) -> ImageSet:
+    """Read `train` or `test` from a directory written by `prepare`."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    data_dir = Path(data_dir)
+    npz_path, meta_path = data_dir / f"{split}.npz", data_dir / "meta.json"
+    missing = [p.name for p in (npz_path, meta_path) if not p.is_file()]
+    if missing:
+        raise DatasetMissingError(
+            f"The emoji data set is not prepared in {data_dir} (missing {', '.join(missing)}). "
+            f"Build it with: python -m nar.data prepare --out {data_dir}")
+    meta = json.loads(meta_path.read_text())
+    with np.load(npz_path) as npz:
+        images, labels = npz["images"], npz["labels"].astype(np.int64)
+    return ImageSet(images=images, labels=labels, class_names=list(meta["class_names"]))
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC images -> float32 NCHW tensor in [-1, 1]."""
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {images.shape}")
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
