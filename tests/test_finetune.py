@@ -11,11 +11,12 @@ from PIL import Image
 from nar.checkpoint import class_names_of, read_checkpoint
 from nar.config import SamplingConfig
 from nar.decode import generate
-from nar.finetune import Busy, FineTuneManager, FineTuneOptions
+from nar.finetune import Busy, FineTuneJob, FineTuneManager, FineTuneOptions
 from nar.loading import build_transformer, load
 from nar.pipeline import Studio
 from nar.schedules import nar
-from nar.uploads import scan_upload
+from nar.render import tile
+from nar.uploads import UploadReport, scan_upload
 
 
 def shape_png(colour, seed):
@@ -65,8 +66,28 @@ def test_finetune_learns_a_new_class(studio, tiny_checkpoints, upload, tmp_path)
     model = build_transformer(ckpt)
     grid = generate(model, nar(4), torch.tensor([3]), SamplingConfig(seed=0))
     assert grid.shape == (1, 4, 4) and (grid >= 0).all()
-    studio.swap(job.loaded_model())
+    studio.swap(load(state.checkpoint, expect="nar", device=torch.device("cpu")))
     assert studio.model_for("nar").class_names[-1] == "star"
+
+
+def test_preview_decodes_in_the_studios_dtype(tiny_checkpoints, tmp_path, monkeypatch):
+    """A Studio running bf16 previews in bf16 (what Generate shows after Use this model), not fp32."""
+    cpu = torch.device("cpu")
+    vq = load(tiny_checkpoints["vq"], expect="vq", device=cpu)
+    studio = Studio(vq, load(tiny_checkpoints["nar"], expect="nar", device=cpu, dtype=torch.bfloat16))
+    report = UploadReport(np.zeros((1, 16, 16, 3), np.uint8), np.zeros(1, np.int64), ["sun", "dog"])
+    job = FineTuneJob(studio, tiny_checkpoints["nar"], report, FineTuneOptions(seed=3), tmp_path)
+    seen = []
+
+    def spy(model, *args, **kwargs):
+        seen.append(next(model.parameters()).dtype)
+        return generate(model, *args, **kwargs)
+    monkeypatch.setattr("nar.finetune.generate", spy)
+    job.make_preview(tiny_checkpoints["nar"], 5)
+    assert seen == [torch.bfloat16]
+    model = load(tiny_checkpoints["nar"], expect="nar", device=cpu, dtype=torch.bfloat16).model
+    grid = generate(model, nar(4), torch.tensor([2, 1]), SamplingConfig(seed=3))   # sun, dog
+    assert np.array_equal(job.state.preview, tile(list(studio.images(grid)))) and job.state.preview_step == 5
 
 
 def test_cancel_keeps_checkpoint_resume_continues_and_second_job_is_busy(studio, tiny_checkpoints, upload, tmp_path):

@@ -70,13 +70,39 @@ def test_resume_continues_exactly(tmp_path):
 
 def test_extend_classes_keeps_old_rows_and_null_last(make_model):
     model = make_model("nar", grid=4, classes=3)
-    grown, names = extend_classes(model, ["x", "y", "z"], ["y", "new1", "new2"])
+    grown, names, remap = extend_classes(model, ["x", "y", "z"], ["y", "new1", "new2"])
     assert names == ["x", "y", "z", "new1", "new2"]
+    assert remap.tolist() == [1, 3, 4]          # data label i (of "y", "new1", "new2") -> class id
     old = model.cls_embedding.embedding_table.weight
     new = grown.cls_embedding.embedding_table.weight
     assert new.shape[0] == 6
     assert torch.equal(new[:3], old[:3]) and torch.equal(new[-1], old[-1])
     assert torch.equal(grown.output.weight, model.output.weight)
+
+
+def test_fine_tuning_from_init_maps_the_labels_to_the_extended_classes(tiny_checkpoints, tmp_path, monkeypatch):
+    """Data labelled by its own class list ["star", "dog"] trains the init model's "dog" row (id 1)
+    and a new "star" row (id 3), not rows 0 and 1."""
+    seen = []
+
+    class Watch(Callbacks):
+        def on_start(self, class_names):
+            seen.append(class_names)
+    tokens = torch.zeros(2, 4, 4, 4, dtype=torch.long)
+    data = TokenSet(tokens, torch.tensor([0, 1, 0, 1]))
+    cfg = TrainConfig(kind="nar", run_dir=str(tmp_path / "run"), init=str(tiny_checkpoints["nar"]), steps=2,
+                      batch_size=2, ckpt_every=2, log_every=1, eval_every=10 ** 9)
+    import nar.train as train_module
+    labels_used = []
+    real = train_module.get_batch
+
+    def spy(data, idx, *args):
+        labels_used.append(data.labels.clone())
+        return real(data, idx, *args)
+    monkeypatch.setattr(train_module, "get_batch", spy)
+    train_loop(cfg, data, None, ["star", "dog"], 32, 4, Watch())
+    assert seen == [["cat", "dog", "sun", "star"]]
+    assert labels_used[0].tolist() == [3, 1, 3, 1]
 
 
 def test_train_cli_under_torchrun_with_two_processes(tiny_checkpoints, tmp_path):
