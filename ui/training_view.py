@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import pandas as pd
 from safetensors import safe_open
 
 from nar.finetune import FineTuneJob, read_run_file
@@ -93,7 +94,6 @@ def progress_html(fraction: float, label: str, state: str = "running") -> str:
 def loss_frame(losses: Sequence[tuple[int, float]], max_points: int = 400):
     """The loss curve as a table for gr.LinePlot: every step (thinned out to at most max_points)
     and a moving average over a tenth of the steps (up to 50), told apart by the `curve` column."""
-    import pandas as pd
     if not losses:
         return pd.DataFrame({"step": pd.Series(dtype="int64"), "loss": pd.Series(dtype="float64"),
                              "curve": pd.Series(dtype="str")})
@@ -132,7 +132,6 @@ def progress_html(fraction: float, label: str, state: str = "running") -> str:
 def loss_frame(losses: Sequence[tuple[int, float]], max_points: int = 400):
     """The loss curve as a table for gr.LinePlot: every step (thinned out to at most max_points)
     and a moving average over a tenth of the steps (up to 50), told apart by the `curve` column."""
-    import pandas as pd
     if not losses:
         return pd.DataFrame({"step": pd.Series(dtype="int64"), "loss": pd.Series(dtype="float64"),
                              "curve": pd.Series(dtype="str")})

@@ -1,0 +1,61 @@
+"""nar/model.py: the training masks, the class embedding's null row, the heads and causality of the
+teacher-forced forward (the cached decoder is checked against it in test_decode.py)."""
+import torch
+
+from nar.model import grid_distance, may_attend
+
+
+def test_raster_mask_is_causal_and_nar_attends_by_distance():
+    n = 3
+    raster = may_attend("raster", n)
+    assert torch.equal(raster, torch.ones(10, 10, dtype=torch.bool).tril())
+    nar = may_attend("nar", n)
+    dist = grid_distance(n)
+    assert dist.tolist() == [0, 1, 2, 1, 2, 3, 2, 3, 4]
+    assert nar[:, 0].all()                                     # everyone sees the class token
+    for q in range(9):
+        for k in range(9):
+            assert bool(nar[1 + q, 1 + k]) == bool(dist[k] <= dist[q])
+
+
+def test_class_embedding_has_a_null_row_last(make_model):
+    model = make_model("nar", grid=4, classes=5)
+    table = model.cls_embedding.embedding_table.weight
+    assert table.shape[0] == 5 + 1
+    null = model.embed_class(torch.tensor([5]))
+    assert torch.equal(null[0, 0], table[-1])
+
+
+def test_nar_model_has_the_below_head_and_raster_does_not(make_model):
+    nar, raster = make_model("nar", grid=4), make_model("raster", grid=4)
+    assert nar.has_below_head and not raster.has_below_head
+    assert len(nar.layers) == nar.config.n_layer + nar.config.extra_blocks
+    assert len(raster.layers) == raster.config.n_layer
+
+
+def test_forward_shapes_and_loss(make_model):
+    for kind in ("nar", "raster"):
+        model = make_model(kind, grid=4, vocab=48)
+        tokens = torch.randint(0, 48, (2, 16))
+        logits, loss = model(torch.tensor([0, 1]), tokens, targets=tokens)
+        assert logits.shape == (2, 16, 48) and loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_a_prediction_never_sees_its_own_or_a_later_token(make_model):
+    """Changing token p changes no logits row that predicts p or anything decoded before p."""
+    torch.manual_seed(0)
+    for kind in ("nar", "raster"):
+        model = make_model(kind, grid=4, vocab=48)
+        tokens = torch.randint(0, 48, (1, 16))
+        base, _ = model(torch.tensor([1]), tokens)
+        p = 6                                                  # grid (1, 2), distance 3
+        changed = tokens.clone()
+        changed[0, p] = (changed[0, p] + 1) % 48
+        other, _ = model(torch.tensor([1]), changed)
+        differs = (base - other).abs().amax(-1)[0] > 1e-5
+        if kind == "raster":
+            unaffected = torch.arange(16) <= p
+        else:  # a NAR row at distance d is predicted from tokens at distance < d
+            unaffected = grid_distance(4) <= grid_distance(4)[p]
+        assert not differs[unaffected].any(), (kind, differs)
+        assert differs[~unaffected].any(), kind                # and it is used after that

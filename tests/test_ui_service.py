@@ -1,0 +1,74 @@
+"""ui/service.py with ui/stream.py, ui/files.py and ui/benchmarks.py: the Generate stream, the
+count of running decodes, the output folder and the on-demand measurement, without a server."""
+import os
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ui.files import JobFiles, animation_fps, link_or_copy, slug
+from ui.service import Service
+
+
+@pytest.fixture(scope="module")
+def service(tiny_checkpoints, tmp_path_factory):
+    return Service.from_folder(tiny_checkpoints["vq"].parent, device="cpu", out_dir=tmp_path_factory.mktemp("out"))
+
+
+def test_generate_streams_every_step_then_the_files(service):
+    request = service.request(["nar"], class_name="dog", num_images=2, seed=3)
+    updates = list(service.generate(request, write_mp4=False))
+    assert [u.step for u in updates[:-1]] == list(range(1, 7))        # 7 steps: 6 live frames, then the result
+    final = updates[-1]
+    assert final.done and final.mp4 is None and final.gif.is_file()
+    assert [p.name for p in final.images] == ["nar-dog-seed3.png", "nar-dog-seed4.png"]
+    assert final.labels == ["dog, seed 3", "dog, seed 4"] and final.summary["steps"] == 7
+    assert final.frame.shape[0] == 4 * 16 and final.frame.shape[2] == 3     # two images upscaled 4x, tiled
+    # the same request gives the same images (the request is not changed by being served)
+    again = list(service.generate(request, write_mp4=False))[-1]
+    assert all(np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+               for a, b in zip(final.images, again.images))
+    assert service.decodes.finished >= 2 and service.decodes.running == 0
+
+
+def test_a_stream_closed_early_is_counted_as_stopped(service):
+    stream = service.generate(service.request(["raster"], class_name="cat"))
+    next(stream)
+    before = service.decodes.stopped
+    stream.close()                                  # what Gradio does when the visitor leaves
+    assert service.decodes.stopped == before + 1 and service.decodes.running == 0
+
+
+def test_measure_runs_the_benchmarks_interleaved_timer(service, monkeypatch):
+    import nar.bench
+    import ui.benchmarks
+    calls = []
+    real = nar.bench.time_interleaved
+
+    def spy(cases, rounds, warmup, progress):
+        calls.append(([(c.order, c.batch, c.window) for c in cases], rounds, warmup))
+        return real(cases, rounds, warmup, progress)
+    monkeypatch.setattr(ui.benchmarks, "time_interleaved", spy)
+    fractions = []
+    rows = service.measure([1], window=2, rounds=1, progress=lambda f, m: fractions.append(f))
+    assert calls == [([("raster", 1, None), ("zipar", 1, 2), ("nar", 1, None)], 1, 1)]
+    assert [r["label"] for r in rows] == ["raster", "zipar-2", "nar"] and all(r["images_per_s"] > 0 for r in rows)
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_job_files(tmp_path):
+    files = JobFiles(tmp_path / "out", keep_seconds=60, keep_jobs=2)
+    first, second = files.new("generate"), files.new("compare")
+    old = time.time() - 120
+    os.utime(first, (old, old))
+    third = files.new("compare")                     # an hour-old job goes as a new one starts
+    assert not first.exists() and second.exists() and third.exists()
+    files.new("compare")
+    files.new("compare")                             # keep_jobs earlier jobs stay beside the new one
+    assert not second.exists() and len(list((tmp_path / "out").iterdir())) == 3
+    src = tmp_path / "w.bin"
+    src.write_bytes(b"weights")
+    assert link_or_copy(src, tmp_path / "copy.bin").read_bytes() == b"weights"
+    assert slug("Bird / Fish!") == "bird---fish" and slug("???") == "image"
+    assert animation_fps(8) == 4.0 and animation_fps(256) == 30.0
