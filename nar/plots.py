@@ -62,7 +62,7 @@ def _color_of(label: str) -> str:
 
 def latency_figure(rows: Sequence[dict], title: str, cfg: Optional[bool] = True) -> Figure:
     """Time per image (ms) against batch size, one line per order (ZipAR per window), one panel
-    per suite. `rows` are normalised results (nar.service.normalise_result): keys label, batch,
+    per suite. `rows` are normalised results (nar.bench.normalise_result): keys label, batch,
     per_image_s, optionally suite and cfg. With cfg=True/False only rows with that guidance
     setting are drawn when there are any."""
     rows = list(rows)
