@@ -27,30 +27,21 @@ MAX_MEASURE_ROUNDS = 20
 MAX_GRID = 64
 
 
+def as_float(name: str, value, problems: list[str], whole: bool = False):
+    """`value` as a finite float (an int when `whole`), or None with the problem appended."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        problems.append(f"{name} must be a number, got {value!r}")
+        return None
+    if not math.isfinite(f) or (whole and f != int(f)):
+        problems.append(f"{name} must be a {'whole' if whole else 'finite'} number, got {value!r}")
+        return None
+    return int(f) if whole else f
+
+
 def as_int(name: str, value, problems: list[str]) -> Optional[int]:
-    """`value` as an int, or None with the problem appended."""
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        problems.append(f"{name} must be a number, got {value!r}")
-        return None
-    if not math.isfinite(f) or f != int(f):
-        problems.append(f"{name} must be a whole number, got {value!r}")
-        return None
-    return int(f)
-
-
-def as_float(name: str, value, problems: list[str]) -> Optional[float]:
-    """`value` as a finite float, or None with the problem appended."""
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        problems.append(f"{name} must be a number, got {value!r}")
-        return None
-    if not math.isfinite(f):
-        problems.append(f"{name} must be a finite number, got {value!r}")
-        return None
-    return f
+    return as_float(name, value, problems, whole=True)
 
 
 def in_range(name: str, value, lo, hi, problems: list[str], convert=as_int, unit: str = ""):

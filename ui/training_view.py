@@ -109,45 +109,6 @@ def loss_frame(losses: Sequence[tuple[int, float]], max_points: int = 400):
     ], ignore_index=True)
 
 
-# -- formatting --------------------------------------------------------------------------------
-def duration(seconds: Optional[float]) -> str:
-    if seconds is None or not np.isfinite(seconds):
-        return "?"
-    s = int(round(max(0.0, seconds)))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
-
-
-def progress_html(fraction: float, label: str, state: str = "running") -> str:
-    """A progress bar (styled by the app's CSS: .train-progress)."""
-    pct = max(0.0, min(1.0, float(fraction))) * 100
-    return (f'<div class="train-progress {html.escape(state)}" role="progressbar" aria-valuemin="0" '
-            f'aria-valuemax="100" aria-valuenow="{pct:.0f}"><div class="track"><div class="fill" '
-            f'style="width:{pct:.1f}%"></div></div><div class="label">{html.escape(label)}</div></div>')
-
-
-def loss_frame(losses: Sequence[tuple[int, float]], max_points: int = 400):
-    """The loss curve as a table for gr.LinePlot: every step (thinned out to at most max_points)
-    and a moving average over a tenth of the steps (up to 50), told apart by the `curve` column."""
-    if not losses:
-        return pd.DataFrame({"step": pd.Series(dtype="int64"), "loss": pd.Series(dtype="float64"),
-                             "curve": pd.Series(dtype="str")})
-    steps = np.array([s for s, _ in losses], dtype=np.int64)
-    values = np.array([v for _, v in losses], dtype=np.float64)
-    window = int(max(1, min(50, len(values) // 10)))
-    smooth = np.convolve(values, np.ones(window) / window, mode="full")[:len(values)]
-    smooth[:window] = np.cumsum(values[:window]) / np.arange(1, min(window, len(values)) + 1)
-    keep = np.unique(np.linspace(0, len(values) - 1, min(len(values), max_points)).round().astype(int))
-    return pd.concat([
-        pd.DataFrame({"step": steps[keep], "loss": values[keep], "curve": "loss per step"}),
-        pd.DataFrame({"step": steps[keep], "loss": smooth[keep], "curve": "moving average"}),
-    ], ignore_index=True)
-
-
-
 # -- views of runs -------------------------------------------------------------------------------
 def job_view(job: FineTuneJob) -> RunView:
     """A run of this server, from its job in memory."""
