@@ -3,8 +3,8 @@ progress, cancel, resume and sample previews.
 
 The job drives the same `train_loop` as `python -m nar.train`; it only adds the upload
 handling, a run folder per job, and the state a UI polls. A run's progress (status, the step of
-its newest checkpoint, the target, the upload's classes, its status history) is kept in one
-place, the run folder's run.json; what a checkpoint needs to load on its own (config, class names)
+its newest checkpoint, the target steps, its status history) is kept in one place, the run
+folder's run.json; what a checkpoint needs to load on its own (config, class names)
 is in its metadata; the metrics log holds the losses.
 """
 from __future__ import annotations
@@ -174,8 +174,7 @@ class FineTuneJob:
             if "base" not in read_run_file(self.run_dir):
                 fields["base"] = str(self.base_checkpoint)
             write_run_file(self.run_dir, run_id=self.run_id, target_steps=self.options.steps,
-                           options=dataclasses.asdict(self.options), classes=list(self.upload.class_names),
-                           **fields)
+                           options=dataclasses.asdict(self.options), **fields)
         except OSError:
             pass
 

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import gradio as gr
 
 from nar.checkpoint import CheckpointError
+from nar.loading import quoted
 
 PROBLEMS = (ValueError, CheckpointError, FileNotFoundError)   # what a handler answers with a message
 
@@ -36,9 +37,8 @@ def checked_number(payload: Any, label: Optional[str], allow_none: bool = False)
         except ValueError:
             value = payload
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        shown = repr(payload)
-        shown = shown if len(shown) <= 40 else shown[:40] + "…"
-        raise gr.Error(f"{name} must be a number, got {shown}", title="Cannot do that", print_exception=False)
+        raise gr.Error(f"{name} must be a number, got {quoted(payload, 40)}", title="Cannot do that",
+                       print_exception=False)
     if isinstance(value, float) and not math.isfinite(value):
         raise gr.Error(f"{name} must be a finite number, got {value}", title="Cannot do that",
                        print_exception=False)

@@ -19,7 +19,7 @@ def build(ctx: Context) -> SimpleNamespace:
     gr.Markdown("Teach the active NAR model new images. Upload PNG, JPEG or WebP files, or a zip with "
                 "one folder per class (the folder names the class). New class names get new rows in "
                 "the class table; names the model knows keep theirs. Images are centre-cropped to "
-                f"squares and resized to the tokenizer's {ctx.models.image_size()} px before ctx.training.")
+                f"squares and resized to the tokenizer's {ctx.models.image_size()} px before training.")
     with gr.Row():
         with gr.Column(scale=2, min_width=340):
             train_files = gr.File(label="Images, or a zip of class folders", file_count="multiple",
