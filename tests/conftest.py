@@ -22,6 +22,15 @@ def random_model(kind: str, grid: int = 4, vocab: int = 48, classes: int = 5, se
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread: the tiny models' convolutions only wait on each other with more on a busy CI box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def make_model():
     return random_model
 

@@ -13,6 +13,9 @@ from nar.pipeline import Studio
 from nar.schedules import make_schedule
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
 def studio(tiny_checkpoints):
     return Studio.from_pretrained(tiny_checkpoints["vq"].parent, device="cpu")

@@ -11,6 +11,9 @@ from ui.files import JobFiles, animation_fps, link_or_copy, slug
 from ui.service import Service
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
 def service(tiny_checkpoints, tmp_path_factory):
     return Service.from_folder(tiny_checkpoints["vq"].parent, device="cpu", out_dir=tmp_path_factory.mktemp("out"))
