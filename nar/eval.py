@@ -47,13 +47,12 @@ def generate_all(studio: Studio, order: str, classes: list[int], per_class: int,
                  window: int) -> tuple[np.ndarray, float, int]:
     """uint8 images [len(classes) * per_class, H, W, 3] (class-major), the decoding seconds per
     image and the step count. One batch per class: image j of every class uses seed + j."""
-    images, seconds, record = [], 0.0, None
+    images, seconds, out = [], 0.0, None
     for c in classes:
-        for record in studio.decode_steps(order, torch.full((per_class,), c), sampling, window=window):
-            pass
-        seconds += record.elapsed
-        images.append(studio.images(record.grid))
-    return np.concatenate(images), seconds / (len(classes) * per_class), record.num_steps
+        out = studio([c] * per_class, order=order, sampling=sampling, window=window)
+        seconds += out.seconds
+        images.append(out.images)
+    return np.concatenate(images), seconds / (len(classes) * per_class), out.steps
 
 
 @dataclass

@@ -71,20 +71,18 @@ def run(args) -> dict:
     studio = make_studio(args)
     classes = [c for c in (args.class_id or ["0"]) for _ in range(args.num_images)]
     class_ids = studio.class_ids(args.order, classes)
-    animate = bool(args.gif or args.mp4)
-    frames, record = [], None
-    for record in studio.decode_steps(args.order, class_ids, sampling, window=args.window):
-        if animate:  # drawing frames is not counted in record.elapsed
-            frames.append(tile(studio.frames(record)))
-    decode_seconds = record.elapsed
-    images = studio.images(record.grid)
+    frames = []
+    draw = (lambda record: frames.append(tile(studio.frames(record)))) if args.gif or args.mp4 else None
+    out = studio(class_ids.tolist(), order=args.order, sampling=sampling, window=args.window,
+                 callback=draw)   # drawing frames is not counted in the decode time
+    decode_seconds, images = out.seconds, out.images
     outputs = {"out": str(save_png(tile(list(images)), args.out))}
     if args.gif:
         outputs["gif"] = str(save_gif(frames, args.gif, fps=args.fps))
     if args.mp4:
         outputs["mp4"] = str(save_mp4(frames, args.mp4, fps=args.fps))
     n = studio.model_for(args.order).model.config.grid_size
-    return {"order": args.order, "steps": record.num_steps, "grid": [n, n], "tokens": n * n,
+    return {"order": args.order, "steps": out.steps, "grid": [n, n], "tokens": n * n,
             "window": args.window if args.order == "zipar" else None,
             "images": len(class_ids), "class_ids": class_ids.tolist(),
             "class_names": [studio.model_for(args.order).class_names[i] for i in class_ids.tolist()],
