@@ -109,7 +109,8 @@ def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1, trai
 
     from nar import plots
     from nar.checkpoint import CheckpointError
-    from nar.guard import Number, Slider   # gr.Slider / gr.Number that answer a non-number clearly
+    from nar.guard import Blocks, Number, Slider   # gr.Slider / gr.Number that answer a non-number clearly,
+    #                                                 gr.Blocks that answer an over-long file path clearly
     from nar.service import (COMPARE_HEADERS, COMPARE_ORDERS, MAX_FRAME_SECONDS, ORDER_LABELS,
                              GenerateRequest, benchmark_files, gpu, normalise_result, random_seed,
                              read_benchmark)
@@ -363,7 +364,7 @@ def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1, trai
                 gr.update(choices=choices, value=layers if layers in [v for _, v in choices] else "all"))
 
     # -- layout --------------------------------------------------------------------------------
-    with gr.Blocks(title="NAR Studio", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+    with Blocks(title="NAR Studio", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# NAR Studio", elem_id="title")
         header = gr.Markdown(device_line(), elem_id="header")
         with gr.Tabs():

@@ -1,5 +1,6 @@
 """What a public NAR Studio server adds to Gradio: numeric inputs that answer a wrong value with a
-clear message, a cap on request bodies, password protection and the bind address.
+clear message, file paths length-checked before Gradio touches them, a cap on request bodies,
+password protection and the bind address.
 
 Gradio checks a slider's range on the server, but a value of the wrong type ("abc", NaN, a list)
 sent to the API fails inside Gradio's own preprocessing with no message for the caller;
@@ -17,6 +18,8 @@ import os
 from typing import Any, Optional
 
 import gradio as gr
+
+from .names import NameTooLong, check_path_length
 
 MAX_BODY_BYTES = 2 * 2 ** 20        # any request but a file upload
 AUTH_ENV = "NAR_STUDIO_AUTH"        # user:password[,user:password...]; keeps passwords out of `ps`
@@ -59,6 +62,37 @@ def _checked(base: type, allow_none: bool) -> type:
 
 Slider = _checked(gr.Slider, allow_none=False)
 Number = _checked(gr.Number, allow_none=True)
+
+
+# -- file paths --------------------------------------------------------------------------------
+def _file_paths(value: Any):
+    """The "path" of every file payload in an input value (walked without recursion)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("path"), str):
+                yield item["path"]
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
+class Blocks(gr.Blocks):
+    """gr.Blocks whose events refuse a file path over the file system's limits with "file name too
+    long". Gradio stats every file path a client sends while it prepares the inputs, before any
+    component's preprocess or handler runs, so an over-long path failed there and the client read
+    the OS error ("[Errno 36] File name too long: ..." with the whole path). `validate_inputs` is
+    the first thing Gradio runs on a request's inputs."""
+
+    def validate_inputs(self, block_fn, inputs: list[Any]):
+        super().validate_inputs(block_fn, inputs)
+        for value in inputs:
+            for path in _file_paths(value):
+                try:
+                    check_path_length(path)
+                except NameTooLong as e:
+                    raise gr.Error(str(e), title="Cannot do that", print_exception=False) from None
 
 
 # -- request bodies ----------------------------------------------------------------------------
