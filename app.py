@@ -476,8 +476,10 @@ def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1, trai
                                                placeholder="c2i_L_256.pt, vq_ds16_c2i.pt")
                         hub_button = gr.Button("Load from the Hub")
                     with gr.Column():
-                        upload_files = gr.File(label="Checkpoint file(s)", file_count="multiple",
-                                               file_types=[".safetensors", ".pt", ".pth", ".bin"], height=140)
+                        # any file type: Gradio would refuse the whole upload over one file of another
+                        # type; a file that is not a checkpoint is refused with the reason when loaded
+                        upload_files = gr.File(label="Checkpoint file(s): .safetensors, or official .pt, .pth, .bin",
+                                               file_count="multiple", height=140)
                         upload_button = gr.Button("Load uploaded files")
                 with gr.Row(equal_height=True):
                     load_grid = Number(n, label="Token grid of official checkpoints (tokens per side)",
@@ -492,9 +494,10 @@ def build_app(service, benchmarks: Path = BENCHMARKS, concurrency: int = 1, trai
                             f"squares and resized to the tokenizer's {service.image_size()} px before training.")
                 with gr.Row():
                     with gr.Column(scale=2, min_width=340):
-                        train_files = gr.File(label="Images, or a zip of class folders", file_count="multiple",
-                                              file_types=[".png", ".jpg", ".jpeg", ".webp", ".zip"], height=150,
-                                              elem_id="train-files")
+                        # any file type: one unsupported file would make Gradio refuse the whole upload;
+                        # the scan uses the good files and lists the others as skipped with the reason
+                        train_files = gr.File(label="Images (PNG, JPEG, WebP), or a zip of class folders",
+                                              file_count="multiple", height=150, elem_id="train-files")
                         train_loose = gr.Textbox(label="Class name for loose images", placeholder="e.g. star",
                                                  info="images that are not inside a class folder of a zip",
                                                  max_lines=1)
