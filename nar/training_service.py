@@ -30,7 +30,7 @@ from .finetune import (ACTIVE, RUN_ID, Busy, FineTuneJob, FineTuneManager, FineT
                        write_run_file)
 from .pipeline import LoadedModel, pick_dtype
 from .service import Service, _as_float, _as_int, quoted
-from .uploads import UploadLimits, UploadRefused, UploadReport, scan_upload
+from .uploads import UploadLimits, UploadRefused, UploadReport, UploadScanner
 
 __all__ = ["Busy", "UploadRefused", "TrainingService", "ScanSummary", "RunView", "RunInfo", "DEFAULTS", "BOUNDS",
            "duration", "loss_frame", "progress_html"]
@@ -169,6 +169,7 @@ class TrainingService:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.manager = FineTuneManager(self.runs_dir)
         self.limits = limits
+        self.scanner = UploadScanner(limits)   # the preview's scan is reused by the start
         self.poll_seconds = poll_seconds
         self.interrupted = self.recover()
 
@@ -289,7 +290,7 @@ class TrainingService:
         if not paths:
             return ScanSummary("Upload images or a zip to see what will be learned.", [], [], [])
         try:
-            report = scan_upload(paths, self.service.image_size(), (loose_class or "").strip(), self.limits)
+            report = self.scanner.scan(paths, self.service.image_size(), (loose_class or "").strip())
         except UploadRefused as e:
             return ScanSummary(f"**Upload refused:** {e}", [], [], [], refused=str(e))
         known = self.service.class_names()
@@ -336,7 +337,7 @@ class TrainingService:
         paths = self.paths(files)
         if not paths:
             raise ValueError("upload images or a zip of class folders first")
-        report = scan_upload(paths, self.service.image_size(), (loose_class or "").strip(), self.limits)
+        report = self.scanner.scan(paths, self.service.image_size(), (loose_class or "").strip())
         if not len(report.labels):
             reasons = "; ".join(f"{name}: {why}" for name, why in report.skipped[:8])
             more = f" and {len(report.skipped) - 8} more" if len(report.skipped) > 8 else ""
