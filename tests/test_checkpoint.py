@@ -192,10 +192,14 @@ def _refusal(path) -> tuple[str, float]:
     return str(e.value), time.monotonic() - started
 
 
+def deep_config_safetensors(path: Path, depth: int = 200_000) -> Path:
+    """A NAR Studio header whose config is JSON nested `depth` deep (400 KB)."""
+    return write_safetensors_raw(path, {"__metadata__": {"nar_studio_kind": "nar",
+                                                         "config": "[" * depth + "]" * depth}})
+
+
 def test_deeply_nested_config_is_refused_without_recursion(tmp_path):
-    deep = "[" * 200_000 + "]" * 200_000
-    config = write_safetensors_raw(tmp_path / "config.safetensors",
-                                   {"__metadata__": {"nar_studio_kind": "nar", "config": deep}})
+    config = deep_config_safetensors(tmp_path / "config.safetensors")
     message, seconds = _refusal(config)
     assert "metadata value 'config' is JSON nested 200,000 deep; the limit is 64" in message, message
     assert seconds < 1.5, seconds          # measured about 0.01 s
@@ -208,16 +212,16 @@ def test_deeply_nested_config_is_refused_without_recursion(tmp_path):
     assert json_depth('{"a": "[[[[{{{{\\"]]", "b": [1, [2]]}') == 3
 
 
-def _entries_header(n: int) -> bytes:
+def entries_header(n: int) -> bytes:
     entries = b",".join(b'"t%d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}' % i for i in range(n))
     return b'{"__metadata__":{"nar_studio_kind":"nar"},' + entries + b"}"
 
 
 def test_header_with_too_many_entries_is_refused_quickly(tmp_path):
-    message, seconds = _refusal(write_safetensors_raw(tmp_path / "many.safetensors", _entries_header(100_000)))
+    message, seconds = _refusal(write_safetensors_raw(tmp_path / "many.safetensors", entries_header(100_000)))
     assert "the header lists 100,000 tensors; the limit is 10,000" in message, message
     assert seconds < 1.5, seconds          # measured about 0.15 s
-    message, seconds = _refusal(write_safetensors_raw(tmp_path / "more.safetensors", _entries_header(300_000)))
+    message, seconds = _refusal(write_safetensors_raw(tmp_path / "more.safetensors", entries_header(300_000)))
     assert "bytes; the limit is 8 MiB" in message, message
     assert seconds < 1.5, seconds
     big = write_safetensors_raw(tmp_path / "meta.safetensors",

@@ -131,9 +131,11 @@ def _patch(data: bytes, offset: int, new: bytes) -> bytes:
     return data[:offset] + new + data[offset + len(new):]
 
 
-def test_unreadable_zip_members_are_skipped_and_the_readable_ones_kept(tmp_path):
+def unreadable_members_zip(path):
+    """cat/ok.png and dog/ok.png readable; cat/locked.png password-protected (its encryption flag
+    set, in its local header and the central directory), cat/damaged.png with deflate data that is
+    not deflate, cat/badcrc.png stored with one byte flipped (its CRC no longer matches)."""
     good = png_bytes((10, 200, 10))
-    path = tmp_path / "mixed.zip"
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("cat/ok.png", good, zipfile.ZIP_DEFLATED)
         z.writestr("cat/locked.png", png_bytes((1, 2, 3)), zipfile.ZIP_DEFLATED)
@@ -143,19 +145,58 @@ def test_unreadable_zip_members_are_skipped_and_the_readable_ones_kept(tmp_path)
     data = path.read_bytes()
     with zipfile.ZipFile(path) as z:
         infos = {i.filename: i for i in z.infolist()}
-    # the encryption flag, in the member's local header and in the central directory
     locked = infos["cat/locked.png"]
     data = _patch(data, locked.header_offset + 6, struct.pack("<H", locked.flag_bits | 1))
     entry = data.index(b"cat/locked.png", data.index(b"PK\x01\x02")) - 46
     data = _patch(data, entry + 8, struct.pack("<H", locked.flag_bits | 1))
-    # deflate data that is not deflate, and one flipped byte of a stored member (its CRC no longer matches)
     damaged = infos["cat/damaged.png"]
-    start = damaged.header_offset + 30 + len(damaged.filename)
-    data = _patch(data, start, b"\xff" * 16)
+    data = _patch(data, damaged.header_offset + 30 + len(damaged.filename), b"\xff" * 16)
     crc = infos["cat/badcrc.png"]
-    start = crc.header_offset + 30 + len(crc.filename)
-    data = _patch(data, start + 40, bytes([data[start + 40] ^ 0xFF]))
+    start = crc.header_offset + 30 + len(crc.filename) + 40
+    data = _patch(data, start, bytes([data[start] ^ 0xFF]))
     path.write_bytes(data)
+    return path
+
+
+def broken_directory_zips(tmp_path) -> list:
+    """A zip cut before its central directory, and one whose first directory entry is mangled."""
+    data = make_zip(tmp_path / "whole.zip", {"cat/a.png": png_bytes(), "cat/b.png": png_bytes()}).read_bytes()
+    (tmp_path / "cut.zip").write_bytes(data[: data.index(b"PK\x01\x02")])
+    (tmp_path / "mangled.zip").write_bytes(data.replace(b"PK\x01\x02", b"PK\x09\x09", 1))
+    return [tmp_path / "cut.zip", tmp_path / "mangled.zip"]
+
+
+def animated_files(tmp_path) -> tuple:
+    """A 2-frame animated GIF and a 2-frame animated PNG."""
+    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:], duration=100)
+    return tmp_path / "anim.gif", tmp_path / "anim.png"
+
+
+def exif_rotated_jpeg(path):
+    """Stored 40x20 (red left half, blue right half) with EXIF orientation 6 (shown rotated 90
+    degrees clockwise): upright it is 20x40, red on top and blue below."""
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    img.paste((0, 0, 255), (20, 0, 40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.save(path, format="JPEG", exif=exif, quality=95)
+    return path
+
+
+def assert_upright(image: np.ndarray) -> None:
+    out = image.astype(int)
+    rows = max(1, len(out) // 3)
+    top, bottom = out[:rows].reshape(-1, 3).mean(0), out[-rows:].reshape(-1, 3).mean(0)
+    assert top[0] > 200 and top[2] < 60, top            # red on top
+    assert bottom[2] > 200 and bottom[0] < 60, bottom   # blue below
+    left, right = out[:, :rows].reshape(-1, 3).mean(0), out[:, -rows:].reshape(-1, 3).mean(0)
+    assert abs(left - right).max() < 20                  # no left/right split: not sideways
+
+
+def test_unreadable_zip_members_are_skipped_and_the_readable_ones_kept(tmp_path):
+    path = unreadable_members_zip(tmp_path / "mixed.zip")
     report = scan_upload([path], size=16)
     reasons = {name.split(":", 1)[1]: why for name, why in report.skipped}
     assert report.counts() == {"cat": 1, "dog": 1}
@@ -166,13 +207,8 @@ def test_unreadable_zip_members_are_skipped_and_the_readable_ones_kept(tmp_path)
 
 
 def test_zip_with_a_broken_central_directory_is_refused_whole(tmp_path):
-    path = make_zip(tmp_path / "ok.zip", {"cat/a.png": png_bytes(), "cat/b.png": png_bytes()})
-    data = path.read_bytes()
-    cut = tmp_path / "cut.zip"
-    cut.write_bytes(data[: data.index(b"PK\x01\x02")])              # directory gone
-    bad = tmp_path / "bad.zip"
-    bad.write_bytes(data.replace(b"PK\x01\x02", b"PK\x09\x09", 1))   # directory entry mangled
-    for broken in (cut, bad):
+    make_zip(tmp_path / "ok.zip", {"cat/a.png": png_bytes()})
+    for broken in broken_directory_zips(tmp_path):
         with pytest.raises(UploadRefused, match="is not a readable zip: its directory is broken or missing") as e:
             scan_upload([broken, tmp_path / "ok.zip"], size=16)
         assert "nothing in it was used" in str(e.value)
@@ -182,9 +218,7 @@ def test_mixed_upload_keeps_its_good_files_and_lists_the_others(tmp_path):
     good = [tmp_path / f"good{i}.png" for i in range(2)]
     for i, p in enumerate(good):
         p.write_bytes(png_bytes((50 * i, 100, 100)))
-    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 0, 255))]
-    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:], duration=100)   # APNG
+    animated_files(tmp_path)
     (tmp_path / "notes.txt").write_text("not a picture")
     report = scan_upload([*good, tmp_path / "anim.gif", tmp_path / "anim.png", tmp_path / "notes.txt"], size=16,
                          loose_class="mix")
@@ -235,20 +269,11 @@ def test_large_jpegs_are_decoded_at_reduced_size(tmp_path):
 
 
 def test_exif_orientation_is_applied_before_cropping(tmp_path):
-    """Stored 40x20 (red left half, blue right half) with EXIF orientation 6 (shown rotated 90
-    degrees clockwise): upright it is 20x40, red on top and blue below."""
-    img = Image.new("RGB", (40, 20), (255, 0, 0))
-    img.paste((0, 0, 255), (20, 0, 40, 20))
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    path = tmp_path / "phone.jpg"
-    img.save(path, format="JPEG", exif=exif, quality=95)
-    out = scan_upload([path], size=16, loose_class="photo").images[0].astype(int)
-    top, bottom = out[:6].reshape(-1, 3).mean(0), out[-6:].reshape(-1, 3).mean(0)
-    assert top[0] > 200 and top[2] < 60, top            # red on top
-    assert bottom[2] > 200 and bottom[0] < 60, bottom   # blue below
-    left, right = out[:, :6].reshape(-1, 3).mean(0), out[:, -6:].reshape(-1, 3).mean(0)
-    assert abs(left - right).max() < 20                  # no left/right split: not sideways
+    path = exif_rotated_jpeg(tmp_path / "phone.jpg")
+    assert_upright(scan_upload([path], size=16, loose_class="photo").images[0])
+    with Image.open(path) as stored:                       # the file itself is stored sideways
+        stored = np.asarray(stored.convert("RGB")).astype(int)
+    assert stored[:, :5, 0].mean() > 200 and stored[:, -5:, 2].mean() > 200
 
 
 def test_an_upload_is_scanned_once_and_reused_by_its_content(tmp_path):
