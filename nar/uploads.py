@@ -35,7 +35,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .names import NameTooLong, check_path_length, shown
 
-ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP"}
+ALLOWED_FORMATS = {"PNG", "JPEG", "MPO", "WEBP"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 ORIENTATION = 0x0112   # the EXIF tag
 
@@ -113,7 +113,7 @@ class DecodeBudget:
     def spend(self, pixels: int) -> None:
         if pixels > self.left:
             raise Unusable(f"not decoded: this upload used up its decoding budget of {self.limit:,} pixels "
-                             f"(upload fewer or smaller images)")
+                           f"(upload fewer or smaller images)")
         self.left -= pixels
 
 
@@ -125,15 +125,17 @@ def decode_image(data: bytes, size: int, limits: UploadLimits,
         with Image.open(io.BytesIO(data)) as img:
             if img.format not in ALLOWED_FORMATS:
                 raise Unusable(f"{img.format or 'unknown'} images are not accepted (still PNG, JPEG, WebP only; "
-                                 f"an animated GIF is skipped, not read as its first frame)")
-            frames = getattr(img, "n_frames", 1)
+                               f"an animated GIF is skipped, not read as its first frame)")
+            # a phone's MPO file is a JPEG followed by other views of it (previews, depth): the
+            # first frame is the photo; in PNG and WebP more frames are an animation
+            frames = 1 if img.format == "MPO" else getattr(img, "n_frames", 1)
             if frames > 1:
                 raise Unusable(f"animated {img.format} ({frames} frames): only still images are used; "
-                                 f"skipped, not read as its first frame")
+                               f"skipped, not read as its first frame")
             w, h = img.size
             if w * h > limits.max_pixels:  # checked from the header, before decoding any pixel
                 raise Unusable(f"{w}x{h} pixels is over the limit of {limits.max_pixels:,} pixels")
-            if img.format == "JPEG":
+            if img.format in ("JPEG", "MPO"):
                 img.draft("RGB", (size, size))   # decode at 1/2, 1/4 or 1/8 scale, still >= size
             if budget is not None:
                 budget.spend(img.size[0] * img.size[1])

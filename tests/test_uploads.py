@@ -276,6 +276,16 @@ def test_exif_orientation_is_applied_before_cropping(tmp_path):
     assert stored[:, :5, 0].mean() > 200 and stored[:, -5:, 2].mean() > 200
 
 
+def test_a_phone_mpo_photo_is_read_as_its_primary_jpeg(tmp_path):
+    """Phones write JPEGs with more views appended (MPO); the first one is the photo."""
+    photo, depth = Image.new("RGB", (32, 32), (250, 10, 10)), Image.new("RGB", (32, 32), (0, 0, 0))
+    photo.save(tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=[depth])
+    with Image.open(tmp_path / "phone.jpg") as img:
+        assert img.format == "MPO" and img.n_frames == 2
+    report = scan_upload([tmp_path / "phone.jpg"], size=16, loose_class="photo")
+    assert report.skipped == [] and report.images[0, 8, 8, 0] > 200
+
+
 def test_an_upload_is_scanned_once_and_reused_by_its_content(tmp_path):
     from nar.uploads import UploadScanner
     z = make_zip(tmp_path / "pets.zip", {"cat/a.png": png_bytes(), "dog/b.png": png_bytes((0, 0, 0))})
