@@ -243,17 +243,22 @@ def test_over_long_names_are_skipped_without_touching_the_file_system(tmp_path):
 
 
 def test_decoding_budget_bounds_the_cost_of_cheap_large_images(tmp_path):
-    """12 solid 4096x4096 PNGs (58 KB each, 16.7 Mpixel decoded): a budget of 4 images' pixels
-    decodes 4, and the others are skipped at once from their headers."""
-    buf = io.BytesIO()
-    Image.new("RGB", (4096, 4096), (10, 200, 30)).save(buf, format="PNG")
-    z = make_zip(tmp_path / "bomb.zip", {f"cat/{i}.png": buf.getvalue() for i in range(12)})
+    """12 solid 4096x4096 PNGs (58 KB each, 16.7 Mpixel decoded) and 200 solid 4096x4096
+    lossless WebPs (706 bytes each): a budget of 4 images' pixels decodes 4, and the others are
+    skipped at once from their headers (WebP before Pillow allocates its canvas)."""
+    solid = Image.new("RGB", (4096, 4096), (10, 200, 30))
+    png, webp = io.BytesIO(), io.BytesIO()
+    solid.save(png, format="PNG")
+    solid.save(webp, format="WEBP", lossless=True)
+    z = make_zip(tmp_path / "bomb.zip", {**{f"cat/{i}.png": png.getvalue() for i in range(12)},
+                                         **{f"cat/{i}.webp": webp.getvalue() for i in range(200)}})
     import time
     started = time.monotonic()
     report = scan_upload([z], size=16, limits=UploadLimits(max_decoded_pixels=4 * 4096 * 4096))
     seconds = time.monotonic() - started
     assert report.counts() == {"cat": 4}
-    assert len(report.skipped) == 8 and all("decoding budget of 67,108,864 pixels" in why for _, why in report.skipped)
+    assert len(report.skipped) == 208 and all("decoding budget of 67,108,864 pixels" in why
+                                              for _, why in report.skipped)
     assert seconds < 20, seconds
     assert "1 gigapixel decoded per upload" in UploadLimits().describe()
 
