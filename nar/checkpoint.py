@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
+
+from .names import NameTooLong, check_path_length, quoted, shown
+from .safetensors_header import HeaderLimits, HeaderRefused, parse_json_bounded, read_header
 
 FORMAT_KEY = "nar_studio_kind"
 CHECKPOINT_KINDS = ("nar", "raster", "vq", "classifier")
@@ -91,25 +94,39 @@ def save_checkpoint(path: str | os.PathLike, kind: str, state_dict: Mapping[str,
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def read_safetensors(path: str | os.PathLike) -> Checkpoint:
+def read_safetensors(path: str | os.PathLike, limits: HeaderLimits = HeaderLimits()) -> Checkpoint:
+    """Our checkpoint format; the header is bounded (size, entries, metadata, nesting) before
+    anything parses it, so a hostile header is refused at once and can never recurse."""
     path = Path(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path.name} is not a readable safetensors file ({e})") from e
+        metadata = read_header(path, limits)
+    except HeaderRefused as e:
+        raise CheckpointError(f"{path.name} is not a readable safetensors file ({e})") from None
+    except OSError as e:
+        raise CheckpointError(f"{path.name} is not a readable safetensors file ({e.strerror or e})") from None
     kind = metadata.get(FORMAT_KEY)
     if kind not in CHECKPOINT_KINDS:
         raise CheckpointError(
             f"{path.name} is a safetensors file but not a NAR Studio checkpoint "
-            f"(metadata key {FORMAT_KEY!r} is {kind!r})")
+            f"(metadata key {FORMAT_KEY!r} is {quoted(kind)})")
     try:
-        config = json.loads(metadata.get("config", "{}"))
-        extra = {k[len("extra."):]: json.loads(v) for k, v in metadata.items() if k.startswith("extra.")}
-    except json.JSONDecodeError as e:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path.name} is not a readable safetensors file ({e})") from e
+    try:   # depth and size already checked by read_header
+        config = parse_json_bounded(metadata.get("config", "{}"), limits.max_depth, "the config")
+        extra = {k[len("extra."):]: parse_json_bounded(v, limits.max_depth, k)
+                 for k, v in metadata.items() if k.startswith("extra.")}
+    except HeaderRefused as e:
         raise CheckpointError(f"{path.name} has corrupt metadata ({e})") from e
     return Checkpoint(kind=kind, state_dict=tensors, config=config, extra=extra, source=str(path))
+
+
+def _checked_length(path: str | os.PathLike) -> str:
+    try:
+        return check_path_length(path)
+    except NameTooLong as e:
+        raise CheckpointError(str(e)) from None
 
 
 # -- official torch layouts -----------------------------------------------------------------
@@ -123,8 +140,11 @@ def torch_load_weights(path: str | os.PathLike) -> Any:
             f"refused {path.name}: it contains pickled objects other than tensors and plain "
             f"containers, which could run code when loaded. Only weights are accepted "
             f"(details: {str(e).splitlines()[0]})") from e
+    except RecursionError:   # a pickle nested deeper than the interpreter's stack
+        raise CheckpointError(f"{path.name} is not a readable torch checkpoint (it is nested too deeply "
+                              f"to read)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({e})") from e
+        raise CheckpointError(f"{path.name} is not a readable torch checkpoint ({str(e)[:300]})") from e
 
 
 def unwrap_state_dict(obj: Any, name: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -208,9 +228,9 @@ def read_official(path: str | os.PathLike, grid_size: int = 16) -> Checkpoint:
 
 def read_checkpoint(path: str | os.PathLike, grid_size: int = 16) -> Checkpoint:
     """Our safetensors files, or official .pt/.pth/.bin files (read weights-only)."""
-    path = Path(path)
+    path = Path(_checked_length(path))
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint file at {path}")
+        raise CheckpointError(f"no checkpoint file at {shown(str(path))}")
     with open(path, "rb") as f:
         head = f.read(8)
     if path.suffix == ".safetensors" or (len(head) == 8 and not head.startswith(b"PK")

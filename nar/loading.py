@@ -18,6 +18,7 @@ import torch
 from .checkpoint import (Checkpoint, CheckpointError, check_config_bounds, check_state_matches, class_names_of,
                          read_checkpoint)
 from .config import ModelConfig, VQConfig
+from .names import NameTooLong, check_path_length, quoted, shown
 from .model import Transformer
 from .vq import VQModel
 
@@ -25,13 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_DIR = ROOT / "checkpoints"
 KINDS = ("vq", "nar", "raster")     # the files of a folder: <kind>.safetensors
 HUB_PREFIX = "hf://"
-
-
-def quoted(value, limit: int = 60) -> str:
-    """repr(value) for a message, cut to about `limit` characters: a hostile 1 MB string is not
-    echoed back whole."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(str(value)):,} characters)"
 
 
 # -- device and precision ----------------------------------------------------------------------
@@ -197,9 +191,12 @@ def resolve(source: str | os.PathLike, filename: Optional[str] = None, *,
     offline=True (or HF_HUB_OFFLINE=1) only the cache is used."""
     text = str(source)
     if filename is None and not text.startswith(HUB_PREFIX):
-        path = Path(text).expanduser()
+        try:
+            path = Path(check_path_length(text)).expanduser()
+        except NameTooLong as e:
+            raise CheckpointError(str(e)) from None
         if not path.is_file():
-            raise CheckpointError(f"no checkpoint file at {path}")
+            raise CheckpointError(f"no checkpoint file at {shown(str(path))}")
         return path
     if text.startswith(HUB_PREFIX):
         parts = text[len(HUB_PREFIX):].split("/")
@@ -235,11 +232,30 @@ def validate_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+# One segment of a path inside a Hub repository: letters, digits and . _ - + = @ , ( ) [ ] and
+# spaces, not starting with a dot or space (which also rules out ".", ".." and "~").
+_HUB_SEGMENT = re.compile(r"[A-Za-z0-9_\-+=@,()\[\]][A-Za-z0-9._\-+=@,()\[\] ]{0,199}")
+MAX_HUB_FILENAME = 200
+
+
 def validate_repo_filename(filename: Optional[str]) -> str:
+    """A file name inside a Hub repository, checked before any network call: a relative path
+    with no '~', '..', backslash, ':' or other characters the Hub does not use, at most
+    MAX_HUB_FILENAME characters."""
+    why = None
     if not isinstance(filename, str) or not filename:
-        raise CheckpointError(f"{quoted(filename)} is not a file name inside a Hub repository")
-    parts = filename.split("/")
-    if filename.startswith("/") or any(p in ("", ".", "..") for p in parts) \
-            or "\\" in filename or ":" in filename or len(filename) > 200:
-        raise CheckpointError(f"{quoted(filename)} is not a file name inside a Hub repository")
+        why = "give a file name"
+    elif len(filename) > MAX_HUB_FILENAME:
+        why = f"longer than {MAX_HUB_FILENAME} characters"
+    elif filename.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", filename):
+        why = "an absolute or home path; give a path inside the repository"
+    elif "\\" in filename:
+        why = "backslashes are not allowed; use /"
+    elif any(p in (".", "..") for p in filename.split("/")):
+        why = "'.' and '..' are not allowed"
+    elif not all(_HUB_SEGMENT.fullmatch(p) for p in filename.split("/")):
+        why = ("only letters, digits, spaces and . _ - + = @ , ( ) [ ] are allowed, in names that do not "
+               "start with a dot, space or '~', separated by single /")
+    if why:
+        raise CheckpointError(f"{quoted(filename)} is not a file name inside a Hub repository ({why})")
     return filename

@@ -49,11 +49,18 @@ def markdown(r: dict) -> str:
     hostile = r.get("hostile")
     if hostile:
         for kind, v in hostile["kinds"].items():
+            slowest = (f"; slowest {v['slowest_s']} s (bound {v['bound_s']} s)" if "slowest_s" in v else "")
             rows.append((f"Hostile input: {kind}", str(v["tried"]),
-                         f"{v['refused']}/{v['tried']} refused with a clear message"))
+                         f"{v['refused']}/{v['tried']} refused with a clear message{slowest}"))
         rows.append(("Hostile input: all kinds", str(hostile["tried"]),
                      f"{hostile['refused_with_message']}/{hostile['tried']} refused; a bystander's decode and the "
                      f"next request gave identical images; RSS {hostile['rss_growth_mb']:+} MB"))
+    uploads = r.get("uploads")
+    if uploads:
+        rows.append(("Costly and rotated uploads", f"a zip of {uploads['bomb_images']} solid 4096x4096 PNGs "
+                     f"({uploads['bomb_bytes'] // 1000} KB); a phone photo with an EXIF rotation",
+                     f"scanned in {uploads['first_scan_s']} s, again in {uploads['second_scan_s']} s (from the scan "
+                     f"cache); the photo is previewed and trained upright; the next request gave identical images"))
     exposure = r.get("exposure")
     if exposure:
         rows.append(("Exposure", "default start; start with NAR_STUDIO_AUTH",

@@ -173,3 +173,119 @@ def test_hub_names_cannot_escape(tmp_path, repo, filename):
 def test_missing_local_path():
     with pytest.raises(CheckpointError, match="no checkpoint file"):
         resolve("/nonexistent/model.safetensors")
+
+
+# -- hostile headers, deep pickles, long paths, Hub names: refused at once with the limit named --
+def write_safetensors_raw(path: Path, header: dict | bytes, data: bytes = b"") -> Path:
+    import json
+    import struct
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+def _refusal(path) -> tuple[str, float]:
+    import time
+    started = time.monotonic()
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(path)
+    return str(e.value), time.monotonic() - started
+
+
+def deep_config_safetensors(path: Path, depth: int = 200_000) -> Path:
+    """A NAR Studio header whose config is JSON nested `depth` deep (400 KB)."""
+    return write_safetensors_raw(path, {"__metadata__": {"nar_studio_kind": "nar",
+                                                         "config": "[" * depth + "]" * depth}})
+
+
+def test_deeply_nested_config_is_refused_without_recursion(tmp_path):
+    config = deep_config_safetensors(tmp_path / "config.safetensors")
+    message, seconds = _refusal(config)
+    assert "metadata value 'config' is JSON nested 200,000 deep; the limit is 64" in message, message
+    assert seconds < 1.5, seconds          # measured about 0.01 s
+    header = b'{"__metadata__": {"nar_studio_kind": "nar"}, "w": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    message, seconds = _refusal(write_safetensors_raw(tmp_path / "header.safetensors", header))
+    assert "the header is JSON nested 200,001 deep; the limit is 64" in message, message
+    assert seconds < 1.5, seconds
+    # brackets inside strings are not nesting: a real checkpoint with them still loads
+    from nar.safetensors_header import json_depth
+    assert json_depth('{"a": "[[[[{{{{\\"]]", "b": [1, [2]]}') == 3
+
+
+def entries_header(n: int) -> bytes:
+    entries = b",".join(b'"t%d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}' % i for i in range(n))
+    return b'{"__metadata__":{"nar_studio_kind":"nar"},' + entries + b"}"
+
+
+def test_header_with_too_many_entries_is_refused_quickly(tmp_path):
+    message, seconds = _refusal(write_safetensors_raw(tmp_path / "many.safetensors", entries_header(100_000)))
+    assert "the header lists 100,000 tensors; the limit is 10,000" in message, message
+    assert seconds < 1.5, seconds          # measured about 0.15 s
+    message, seconds = _refusal(write_safetensors_raw(tmp_path / "more.safetensors", entries_header(300_000)))
+    assert "bytes; the limit is 8 MiB" in message, message
+    assert seconds < 1.5, seconds
+    big = write_safetensors_raw(tmp_path / "meta.safetensors",
+                                {"__metadata__": {"nar_studio_kind": "nar", "extra.notes": "x" * (2 ** 20 + 1)}})
+    message, _ = _refusal(big)
+    assert "metadata value 'extra.notes' is 1,048,577 characters; the limit is 1 MiB" in message, message
+
+
+def test_the_largest_official_models_fit_the_header_limits():
+    from nar.config import VQConfig, model_config
+    from nar.safetensors_header import HeaderLimits
+    from nar.vq import VQModel
+    with torch.device("meta"):
+        counts = [len(Transformer(model_config("GPT-XXL", kind=k)).state_dict()) for k in ("nar", "raster")]
+        counts.append(len(VQModel(VQConfig()).state_dict()))
+    assert counts == [349, 340, 344]
+    assert max(counts) * 20 < HeaderLimits().max_tensors
+
+
+def test_deep_pickle_gives_a_clear_error(tmp_path):
+    """A pickle stream of lists nested 200,000 deep (read without recursion by torch's
+    weights-only reader; any RecursionError on the way is reported as a CheckpointError)."""
+    import zipfile
+    torch.save({"model": {"w": torch.zeros(1)}}, tmp_path / "base.pt")
+    n = 200_000
+    deep = b"\x80\x02}X\x05\x00\x00\x00model" + b"]" * n + b"a" * (n - 1) + b"s."
+    with zipfile.ZipFile(tmp_path / "base.pt") as zin, zipfile.ZipFile(tmp_path / "deep.pt", "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, deep if info.filename.endswith("data.pkl") else zin.read(info))
+    message, seconds = _refusal(tmp_path / "deep.pt")
+    assert "holds no state dict" in message and seconds < 10, (message, seconds)
+
+    def recursing(*args, **kwargs):
+        raise RecursionError("maximum recursion depth exceeded")
+    import nar.checkpoint
+    original, nar.checkpoint.torch.load = nar.checkpoint.torch.load, recursing
+    try:
+        message, _ = _refusal(tmp_path / "base.pt")
+    finally:
+        nar.checkpoint.torch.load = original
+    assert message == "base.pt is not a readable torch checkpoint (it is nested too deeply to read)"
+
+
+def test_over_long_paths_say_file_name_too_long(tmp_path):
+    long_path = str(tmp_path / ("x" * 5000 + ".safetensors"))
+    for call in (lambda: read_checkpoint(long_path), lambda: resolve(long_path)):
+        with pytest.raises(CheckpointError, match="^file name too long") as e:
+            call()
+        assert "Errno" not in str(e.value) and len(str(e.value)) < 300
+
+
+@pytest.mark.parametrize("filename", ["~/.ssh/id_rsa", "~root/x.pt", "a/~/b.pt", "x.pt\n", "a?.pt", ".git/config",
+                                      "C:\\x.pt", "a" * 201])
+def test_hostile_hub_file_names_are_refused_before_any_network_call(tmp_path, monkeypatch, filename):
+    import time
+
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the Hub was asked for a file name that should have been refused")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    started = time.monotonic()
+    for call in (lambda: resolve("owner/repo", filename, cache_dir=str(tmp_path)),
+                 lambda: resolve(f"hf://owner/repo/{filename}", cache_dir=str(tmp_path))):
+        with pytest.raises(CheckpointError, match="is not a file name inside a Hub repository"):
+            call()
+    assert time.monotonic() - started < 0.5

@@ -331,11 +331,14 @@ class Sweep:
         self.kinds: dict[str, dict] = {}
         self.failures: list[str] = []
 
-    def case(self, kind: str, label: str, call: Callable[[], object], expect: str | tuple[str, ...]):
+    def case(self, kind: str, label: str, call: Callable[[], object], expect: str | tuple[str, ...],
+             max_s: Optional[float] = None):
+        """max_s: a bound on the time to the refusal (the slowest of a kind is reported)."""
         from gradio_client.exceptions import AppError
         entry = self.kinds.setdefault(kind, {"tried": 0, "refused": 0, "examples": []})
         entry["tried"] += 1
         expected = (expect,) if isinstance(expect, str) else expect
+        started = time.monotonic()
         try:
             result = call()
         except AppError as e:
@@ -348,9 +351,19 @@ class Sweep:
         else:
             self.failures.append(f"[{kind}] {label}: accepted, returned {str(result)[:200]}")
             return
-        if not any(x in message for x in expected) or "Traceback" in message:
+        seconds = time.monotonic() - started
+        if not any(x in message for x in expected) or "Traceback" in message or "[Errno" in message:
             self.failures.append(f"[{kind}] {label}: message {message[:300]!r} lacks {expected}")
             return
+        if len(message) > 1000:   # long values are cut in messages
+            self.failures.append(f"[{kind}] {label}: a {len(message):,} character message")
+            return
+        if max_s is not None:
+            entry["slowest_s"] = round(max(entry.get("slowest_s", 0.0), seconds), 2)
+            entry["bound_s"] = max_s
+            if seconds > max_s:
+                self.failures.append(f"[{kind}] {label}: refused after {seconds:.1f} s (bound {max_s} s)")
+                return
         entry["refused"] += 1
         if len(entry["examples"]) < 2:
             entry["examples"].append(f"{label}: {message.splitlines()[0][:140]}")
@@ -605,6 +618,50 @@ def test_hostile_inputs_are_refused_and_nobody_is_affected(server, client, refer
     sweep.case(kind, "training on nothing usable",
                lambda: client.predict([handle_file(str(tmp_path / "notes.png"))], "moon", 10, 1e-3, 4, "all", 5,
                                       api_name="/train"), "no usable images")
+    # uploads that cannot be read whole, mixed uploads, over-long names, costly checkpoint headers
+    from test_checkpoint import deep_config_safetensors, entries_header
+    from test_uploads import animated_files, broken_directory_zips, unreadable_members_zip
+    kind = "unreadable zip or zip member"
+    unreadable = unreadable_members_zip(tmp_path / "unreadable.zip")
+    for label, expect in [("password-protected member", "password-protected (encrypted)"),
+                          ("damaged member (not deflate data)", "its data cannot be decompressed"),
+                          ("member with a bad CRC", "its CRC check failed")]:
+        sweep.case(kind, label, _scan_skips(client, unreadable, expect, keeps=2), expect, max_s=30)
+    for path in broken_directory_zips(tmp_path):
+        sweep.case(kind, f"zip with a broken directory ({path.name})", _scan_refuses(client, path),
+                   "its directory is broken or missing", max_s=30)
+    kind = "mixed upload (good files kept)"
+    good = [tmp_path / "good0.png", tmp_path / "good1.png"]
+    for i, path in enumerate(good):
+        path.write_bytes(square_png((20, 200, 20), 10 + i))
+    (tmp_path / "readme.txt").write_text("not a picture")
+    for label, extra, expect in [("animated GIF beside 2 PNGs", animated_files(tmp_path)[0], "GIF images are not accepted"),
+                                 ("animated PNG beside 2 PNGs", tmp_path / "anim.png", "animated PNG (2 frames)"),
+                                 ("a .txt file beside 2 PNGs", tmp_path / "readme.txt", "not an image")]:
+        sweep.case(kind, label, _scan_skips(client, [*good, extra], expect, keeps=2), expect, max_s=30)
+    kind = "over-long file name"
+    long_path, long_name = "/tmp/gradio/" + "x" * 5000 + ".png", "/tmp/gradio/" + "y" * 300 + ".png"
+    for label, api, data in [
+            ("checkpoint upload, 5,000-character path", "load_upload", [[file_data(long_path)], *view]),
+            ("checkpoint upload, 300-character name", "load_upload", [[file_data(long_name)], *view]),
+            ("training preview, 5,000-character path", "train_scan", [[file_data(long_path)], "x"]),
+            ("training preview, 300-character name", "train_scan", [[file_data(long_name)], "x"]),
+            ("training start, 5,000-character path", "train", [[file_data(long_path)], "x", 10, 1e-3, 4, "all", 5])]:
+        sweep.case(kind, label, raw(api, data), "file name too long", max_s=10)
+    kind = "costly checkpoint header"
+    for label, path, expect in [
+            ("config nested 200,000 deep", deep_config_safetensors(tmp_path / "deep.safetensors"),
+             "is JSON nested 200,000 deep; the limit is 64"),
+            ("100,000 tensor entries", write_safetensors_raw(tmp_path / "many.safetensors", entries_header(100_000)),
+             "lists 100,000 tensors; the limit is 10,000"),
+            ("300,000 tensor entries (a 17 MB header)",
+             write_safetensors_raw(tmp_path / "more.safetensors", entries_header(300_000)), "the limit is 8 MiB"),
+            ("a 2 MB metadata value", write_safetensors_raw(tmp_path / "meta.safetensors", {"__metadata__": {
+                "nar_studio_kind": "nar", "extra.notes": "x" * 2 ** 21}}), "the limit is 1 MiB")]:
+        sweep.case(kind, label, load(path), expect, max_s=15)       # upload included
+    kind = "hostile Hub file name"
+    for name in ("~/.ssh/id_rsa", "~root/.bashrc", "weights/../../x.pt", "a?.pt", ".git/config"):
+        sweep.case(kind, name, hub("owner/repo", name), "is not a file name inside a Hub repository", max_s=5)
     # Gradio's file routes serve the app's outputs, nothing else
     kind = "file route"
     served = submit_generate(client, seed=3).result(timeout=120)[2][0]["image"]
@@ -645,7 +702,7 @@ def test_hostile_inputs_are_refused_and_nobody_is_affected(server, client, refer
     rss_growth = server.rss_mb() - rss_before
     assert not marker.exists() and not (tmp_path.parent / "evil_written.png").exists()
     reliability_report["hostile"] = {
-        "kinds": {k: {"tried": v["tried"], "refused": v["refused"], "examples": v["examples"]}
+        "kinds": {k: {key: v[key] for key in ("tried", "refused", "examples", "slowest_s", "bound_s") if key in v}
                   for k, v in sweep.kinds.items()},
         "tried": sum(v["tried"] for v in sweep.kinds.values()),
         "refused_with_message": sum(v["refused"] for v in sweep.kinds.values()),
@@ -659,6 +716,46 @@ def test_hostile_inputs_are_refused_and_nobody_is_affected(server, client, refer
     assert server.proc.poll() is None
 
 
+def _gallery_images(value) -> list[np.ndarray]:
+    items = value.get("value") if isinstance(value, dict) and value.get("__type__") == "update" else value
+    return [iio.imread(item["image"] if isinstance(item, dict) else item[0]) for item in items or []]
+
+
+def test_costly_and_rotated_uploads_through_the_app(server, client, references, tmp_path, reliability_report):
+    """A decode-cost bomb (12 solid 4096x4096 PNGs, 58 KB each and 16.7 Mpixel decoded) is read in
+    bounded time, and the same upload again comes from the scan cache; a phone photo stored
+    sideways with an EXIF orientation is previewed (and so trained) upright; a generate request
+    afterwards gives the same images as before."""
+    import io as _io
+    from gradio_client import handle_file
+    from PIL import Image
+    from test_uploads import assert_upright, exif_rotated_jpeg
+    buf = _io.BytesIO()
+    Image.new("RGB", (4096, 4096), (10, 200, 30)).save(buf, format="PNG")
+    bomb = tmp_path / "solid.zip"
+    with zipfile.ZipFile(bomb, "w") as z:
+        for i in range(12):
+            z.writestr(f"cat/{i}.png", buf.getvalue())
+    times = []
+    for _ in range(2):
+        started = time.monotonic()
+        summary = client.predict([handle_file(str(bomb))], "", api_name="/train_scan")[0]
+        times.append(time.monotonic() - started)
+        assert "Found **12 images**" in summary, summary
+    photo = exif_rotated_jpeg(tmp_path / "phone.jpg")
+    summary, _, thumbs, _ = client.predict([handle_file(str(photo))], "photo", api_name="/train_scan")
+    shown = _gallery_images(thumbs)
+    assert "Found **1 image**" in summary and len(shown) == 1, summary
+    assert_upright(shown[0][..., :3])
+    again = final_images(submit_generate(client, **load_requests()[0]).result(timeout=120))
+    assert all(np.array_equal(a, b) for a, b in zip(again, references[0]))
+    reliability_report["uploads"] = {"bomb_images": 12, "bomb_bytes": bomb.stat().st_size,
+                                     "first_scan_s": round(times[0], 2), "second_scan_s": round(times[1], 2),
+                                     "exif_upright": True}
+    assert times[0] < 60, times                     # measured about 3 s
+    assert times[1] < times[0] / 2, times            # answered from the scan cache
+
+
 class _EvalOnLoad:
     def __init__(self, marker: Path):
         self.marker = marker
@@ -667,17 +764,21 @@ class _EvalOnLoad:
         return (eval, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
 
 
-def _scan_skips(client, path: Path, expect, loose: str = "moon"):
-    """The upload preview lists the file as skipped with the reason: raised as a refusal."""
+def _scan_skips(client, path: Path | list[Path], expect, loose: str = "moon", keeps: Optional[int] = None):
+    """The upload preview lists the file as skipped with the reason (and, with `keeps`, uses that
+    many good images): raised as a refusal."""
     from gradio_client import handle_file
     expected = (expect,) if isinstance(expect, str) else expect
+    paths = path if isinstance(path, list) else [path]
 
     def call():
-        summary, classes, thumbs, skipped = client.predict([handle_file(str(path))], loose, api_name="/train_scan")
+        summary, classes, thumbs, skipped = client.predict([handle_file(str(p)) for p in paths], loose,
+                                                           api_name="/train_scan")
         table = skipped.get("value") if isinstance(skipped, dict) and skipped.get("__type__") == "update" else skipped
         reasons = [row[1] for row in (table or {}).get("data") or []]
         hits = [r for r in reasons if any(x in r for x in expected)]
-        if hits and "skipped" in summary:
+        kept = keeps is None or f"Found **{keeps} image" in summary
+        if hits and "skipped" in summary and kept:
             raise RefusedHTTP(f"skipped: {hits[0]}")
         return summary, reasons
     return call

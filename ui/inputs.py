@@ -13,7 +13,7 @@ from typing import Any, Optional
 import gradio as gr
 
 from nar.checkpoint import CheckpointError
-from nar.loading import quoted
+from nar.names import NameTooLong, check_path_length, quoted
 
 PROBLEMS = (ValueError, CheckpointError, FileNotFoundError)   # what a handler answers with a message
 
@@ -60,3 +60,34 @@ Slider = _checked(gr.Slider, allow_none=False)
 Number = _checked(gr.Number, allow_none=True)
 
 
+
+
+# -- file paths --------------------------------------------------------------------------------
+def _file_paths(value: Any):
+    """The "path" of every file payload in an input value (walked without recursion)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("path"), str):
+                yield item["path"]
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
+class Blocks(gr.Blocks):
+    """gr.Blocks whose events refuse a file path over the file system's limits with "file name too
+    long". Gradio stats every file path a client sends while it prepares the inputs, before any
+    component's preprocess or handler runs, so an over-long path failed there and the client read
+    the OS error ("[Errno 36] File name too long: ..." with the whole path). `validate_inputs` is
+    the first thing Gradio runs on a request's inputs."""
+
+    def validate_inputs(self, block_fn, inputs: list[Any]):
+        super().validate_inputs(block_fn, inputs)
+        for value in inputs:
+            for path in _file_paths(value):
+                try:
+                    check_path_length(path)
+                except NameTooLong as e:
+                    raise fail(e) from None

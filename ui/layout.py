@@ -7,6 +7,7 @@ import gradio as gr
 
 from . import tab_compare, tab_generate, tab_model, tab_train
 from .context import Context
+from .inputs import Blocks
 from .service import Service
 from .training import TrainingService
 
@@ -50,7 +51,7 @@ def build_app(service: Service, benchmarks: Path, concurrency: int, training: Tr
     ctx = Context(service, training, Path(benchmarks), concurrency)
     tabs = {"generate": tab_generate, "compare": tab_compare, "model": tab_model, "train": tab_train}
     titles = {"generate": "Generate", "compare": "Compare", "model": "Model", "train": "Train"}
-    with gr.Blocks(title="NAR Studio", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+    with Blocks(title="NAR Studio", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# NAR Studio", elem_id="title")
         ctx.tabs["header"] = gr.Markdown(ctx.device_line(), elem_id="header")
         with gr.Tabs():

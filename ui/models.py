@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 import torch
 
 from nar.checkpoint import CheckpointError, read_checkpoint
-from nar.loading import KINDS, LoadedModel, from_checkpoint, quoted, resolve, validate_repo_id
+from nar.loading import KINDS, LoadedModel, from_checkpoint, resolve, validate_repo_id
+from nar.names import quoted
 from nar.pipeline import Studio
 
 from .requests import MAX_NAME_CHARS, parse_grid

@@ -15,7 +15,7 @@ import torch
 
 from nar.config import SamplingConfig
 from nar.finetune import FineTuneOptions
-from nar.loading import quoted
+from nar.names import quoted
 from nar.pipeline import Studio
 from nar.schedules import ORDERS
 

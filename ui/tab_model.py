@@ -26,8 +26,10 @@ def build(ctx: Context) -> SimpleNamespace:
                                      placeholder="c2i_L_256.pt, vq_ds16_c2i.pt")
             t.hub_button = gr.Button("Load from the Hub")
         with gr.Column():
-            t.upload_files = gr.File(label="Checkpoint file(s)", file_count="multiple",
-                                     file_types=[".safetensors", ".pt", ".pth", ".bin"], height=140)
+            # any file type: Gradio would refuse the whole upload over one file of another
+            # type; a file that is not a checkpoint is refused with the reason when loaded
+            t.upload_files = gr.File(label="Checkpoint file(s): .safetensors, or official .pt, .pth, .bin",
+                                     file_count="multiple", height=140)
             t.upload_button = gr.Button("Load uploaded files")
     with gr.Row(equal_height=True):
         t.grid = Number(ctx.models.grid_size(), label="Token grid of official checkpoints (tokens per side)",

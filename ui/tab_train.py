@@ -22,9 +22,10 @@ def build(ctx: Context) -> SimpleNamespace:
                 f"squares and resized to the tokenizer's {ctx.models.image_size()} px before training.")
     with gr.Row():
         with gr.Column(scale=2, min_width=340):
-            train_files = gr.File(label="Images, or a zip of class folders", file_count="multiple",
-                                  file_types=[".png", ".jpg", ".jpeg", ".webp", ".zip"], height=150,
-                                  elem_id="train-files")
+            # any file type: one unsupported file would make Gradio refuse the whole upload;
+            # the scan uses the good files and lists the others as skipped with the reason
+            train_files = gr.File(label="Images (PNG, JPEG, WebP), or a zip of class folders",
+                                  file_count="multiple", height=150, elem_id="train-files")
             train_loose = gr.Textbox(label="Class name for loose images", placeholder="e.g. star",
                                      info="images that are not inside a class folder of a zip",
                                      max_lines=1)

@@ -25,8 +25,9 @@ from nar.checkpoint import remove_stale_temp_files
 from nar.config import ModelConfig
 from nar.finetune import (ACTIVE, RUN_ID, Busy, FineTuneJob, FineTuneManager, FineTuneOptions, read_run_file,
                           write_run_file)
-from nar.loading import fit_problem, load, quoted
-from nar.uploads import UploadLimits, UploadRefused, scan_upload
+from nar.loading import fit_problem, load
+from nar.names import quoted
+from nar.uploads import UploadLimits, UploadRefused, UploadScanner
 
 from .files import link_or_copy
 from .requests import parse_options
@@ -51,6 +52,7 @@ class TrainingService:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.manager = FineTuneManager(self.runs_dir)
         self.limits = limits
+        self.scanner = UploadScanner(limits)   # the preview's scan is reused by the start
         self.poll_seconds = poll_seconds
         self.interrupted = self.recover()
 
@@ -162,7 +164,7 @@ class TrainingService:
         if not paths:
             return ScanSummary("Upload images or a zip to see what will be learned.", [], [], [])
         try:
-            report = scan_upload(paths, self.service.models.image_size(), (loose_class or "").strip(), self.limits)
+            report = self.scanner.scan(paths, self.service.models.image_size(), (loose_class or "").strip())
         except UploadRefused as e:
             return ScanSummary(f"**Upload refused:** {e}", [], [], [], refused=str(e))
         return scan_summary(report, self.service.models.class_names())
@@ -189,7 +191,7 @@ class TrainingService:
         paths = self.paths(files)
         if not paths:
             raise ValueError("upload images or a zip of class folders first")
-        report = scan_upload(paths, self.service.models.image_size(), (loose_class or "").strip(), self.limits)
+        report = self.scanner.scan(paths, self.service.models.image_size(), (loose_class or "").strip())
         if not len(report.labels):
             reasons = "; ".join(f"{name}: {why}" for name, why in report.skipped[:8])
             more = f" and {len(report.skipped) - 8} more" if len(report.skipped) > 8 else ""
