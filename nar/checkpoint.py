@@ -76,6 +76,7 @@ class Checkpoint:
     config: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    head_count_inferred: bool = False   # an official file whose n_head nobody stated (dim / 64 assumed)
 
 
 def save_checkpoint(path: str | os.PathLike, kind: str, state_dict: Mapping[str, torch.Tensor],
@@ -160,13 +161,13 @@ def _count_indexed(state_dict: Mapping[str, Any], prefix: str) -> int:
 
 
 def infer_transformer_config(kind: str, sd: Mapping[str, torch.Tensor],
-                             grid_size: int = 16) -> dict[str, Any]:
+                             grid_size: int = 16, n_head: Optional[int] = None) -> dict[str, Any]:
     """Config of an official GPT checkpoint from its tensor shapes. Head count is not in the
-    weights; the official sizes all use 64-dim heads."""
+    weights: `n_head` when stated, else dim / 64 (the official sizes all use 64-dim heads)."""
     vocab, dim = sd["tok_embeddings.weight"].shape
     n_blocks = _count_indexed(sd, "layers.")
     n_layer = n_blocks - 1 if kind == "nar" else n_blocks
-    n_head = max(1, dim // 64)
+    n_head = n_head or max(1, dim // 64)
     q_and_kv = sd["layers.0.attention.wqkv.weight"].shape[0]
     n_kv_head = (q_and_kv - dim) // 2 // (dim // n_head)
     return dict(kind=kind, dim=dim, n_layer=n_layer, n_head=n_head,
@@ -191,22 +192,35 @@ def infer_vq_config(sd: Mapping[str, torch.Tensor], grid_size: int = 16) -> dict
                 image_size=grid_size * 2 ** (levels - 1))
 
 
-def read_official(path: str | os.PathLike, grid_size: int = 16) -> Checkpoint:
+def read_official(path: str | os.PathLike, grid_size: int = 16, arch=None) -> Checkpoint:
+    """An official file; `arch` (a size name or config fields, nar/arch.py) or `<file>.json` states
+    what the shapes cannot tell. Official 1000-class models are ImageNet-1k: they get its names."""
+    from .arch import ArchitectureError, check_against_shapes, sidecar_architecture, stated_architecture
+    from .classes import IMAGENET_CLASSES, imagenet_labels
     path = Path(path)
     sd = unwrap_state_dict(torch_load_weights(path), path.name)
     kind = infer_kind(sd)
     try:
+        stated = stated_architecture(arch) if arch is not None else sidecar_architecture(path)
+        grid_size = stated.get("grid_size", grid_size)
         if kind == "vq":
             config = infer_vq_config(sd, grid_size)
         else:
-            config = infer_transformer_config(kind, sd, grid_size)
+            config = infer_transformer_config(kind, sd, grid_size, n_head=stated.get("n_head"))
+            check_against_shapes(config, stated, path.name)
     except KeyError as e:
         raise CheckpointError(f"{path.name} looks like a {kind} checkpoint but lacks {e}") from e
-    return Checkpoint(kind=kind, state_dict=sd, config=config, source=str(path))
+    except ArchitectureError as e:
+        raise CheckpointError(str(e)) from e
+    imagenet = kind != "vq" and config["num_classes"] == IMAGENET_CLASSES
+    return Checkpoint(kind=kind, state_dict=sd, config=config, source=str(path),
+                      extra={"class_names": imagenet_labels()} if imagenet else {},
+                      head_count_inferred=kind != "vq" and "n_head" not in stated)
 
 
-def read_checkpoint(path: str | os.PathLike, grid_size: int = 16) -> Checkpoint:
-    """Our safetensors files, or official .pt/.pth/.bin files (read weights-only)."""
+def read_checkpoint(path: str | os.PathLike, grid_size: int = 16, arch=None) -> Checkpoint:
+    """Our safetensors files, or official .pt/.pth/.bin files (read weights-only; `arch`: see
+    read_official)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
@@ -215,7 +229,7 @@ def read_checkpoint(path: str | os.PathLike, grid_size: int = 16) -> Checkpoint:
     if path.suffix == ".safetensors" or (len(head) == 8 and not head.startswith(b"PK")
                                          and not head.startswith(b"\x80")):
         return read_safetensors(path)
-    return read_official(path, grid_size)
+    return read_official(path, grid_size, arch)
 
 
 def load_state_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], name: str) -> None:
@@ -320,24 +334,11 @@ def resolve(source: str | os.PathLike, filename: Optional[str] = None, *,
         text, filename = "/".join(parts[:2]), "/".join(parts[2:])
     repo_id = validate_repo_id(text)
     filename = validate_repo_filename(filename)
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError)
-    if offline is None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    from .hub import HubError, hub_file
     try:
-        return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir, revision=revision,
-                                    local_files_only=offline))
-    except LocalEntryNotFoundError as e:
-        why = "offline mode is on" if offline else "the Hub could not be reached"
-        raise CheckpointError(f"{repo_id}/{filename} is not in the local Hugging Face cache and "
-                              f"{why}; download it once with network access or give a local path") from e
-    except RepositoryNotFoundError as e:
-        raise CheckpointError(f"Hub repository {repo_id!r} does not exist or is private") from e
-    except EntryNotFoundError as e:
-        raise CheckpointError(f"{filename!r} is not a file of Hub repository {repo_id!r}") from e
-    except (HfHubHTTPError, OSError) as e:
-        raise CheckpointError(f"could not fetch {repo_id}/{filename} from the Hub ({e})") from e
+        return hub_file(repo_id, filename, cache_dir=cache_dir, revision=revision, offline=offline)
+    except HubError as e:
+        raise CheckpointError(str(e)) from e
 
 
 _REPO_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"

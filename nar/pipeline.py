@@ -46,28 +46,31 @@ class LoadedModel:
     class_names: list[str]
     source: str
     path: Optional[Path] = None       # the local file the weights came from (fine-tuning starts there)
+    head_count_inferred: bool = False  # an official file whose head count nobody stated (dim / 64)
 
     def describe(self) -> dict:
         cfg = self.model.config
         params = sum(p.numel() for p in self.model.parameters())
         return {"source": self.source, "kind": cfg.kind, "parameters": params,
                 "layers": cfg.n_layer, "extra_blocks": cfg.extra_blocks if cfg.kind == "nar" else 0,
-                "dim": cfg.dim, "heads": cfg.n_head, "vocab": cfg.vocab_size,
+                "dim": cfg.dim, "vocab": cfg.vocab_size,
+                "heads": f"{cfg.n_head} (inferred: dim / 64)" if self.head_count_inferred else cfg.n_head,
                 "grid": f"{cfg.grid_size}x{cfg.grid_size}", "classes": len(self.class_names)}
 
 
 def load_transformer(source: str | Path, filename: Optional[str] = None, *, expect_kind: Optional[str] = None,
                      device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None,
-                     grid_size: int = 16) -> LoadedModel:
+                     grid_size: int = 16, arch=None) -> LoadedModel:
+    """`arch`: the architecture of an official file (a size name or config fields, nar/arch.py)."""
     path = resolve(source, filename)
-    ckpt = read_checkpoint(path, grid_size=grid_size)
+    ckpt = read_checkpoint(path, grid_size=grid_size, arch=arch)
     if expect_kind and ckpt.kind != expect_kind:
         raise CheckpointError(f"{path.name} is a {ckpt.kind} checkpoint; a {expect_kind} model was expected")
     model = build_transformer(ckpt)
     device = device or pick_device()
     model = model.to(device=device, dtype=dtype or pick_dtype(device))
     return LoadedModel(model, class_names_of(ckpt), str(source if filename is None else f"{source}/{filename}"),
-                       Path(path))
+                       Path(path), head_count_inferred=ckpt.head_count_inferred)
 
 
 def load_tokenizer(source: str | Path, filename: Optional[str] = None, device: Optional[torch.device] = None,
