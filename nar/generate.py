@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="an official model by name (NAR-B, ...): NAR, its raster partner, the "
                                     "tokenizer, ImageNet names and the authors' sampling settings; "
                                     "--checkpoint then names a NAR file the preset could not confirm")
+    p.add_argument("--list-presets", action="store_true", help="print the presets as JSON and exit")
     p.add_argument("--arch", help="architecture of an official --checkpoint: a size (GPT-B, GPT-L, ...) or a "
                                   "JSON object of fields (n_layer, dim, n_head, ...)")
     p.add_argument("--vq", default=str(BUNDLED["vq"]), help="tokenizer file or hf://owner/repo/file")
@@ -143,6 +144,10 @@ def run(args) -> dict:
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.list_presets:
+        from .presets import describe_presets
+        print(json.dumps(describe_presets(), indent=1))
+        return
     try:
         summary = run(args)
     except (CheckpointError, FileNotFoundError, ValueError) as e:

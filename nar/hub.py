@@ -39,8 +39,8 @@ def probe_timeout() -> float:
 
 def probe(repo_id: str, filename: str, revision: Optional[str], timeout: float) -> None:
     """One HEAD of the file, without retries; raises what it raises, or TimeoutError when the Hub has
-    not answered within `timeout` (huggingface_hub may send its own requests first, e.g. to build
-    its user agent, so the deadline is kept here rather than trusted to each request's timeout)."""
+    not answered within `timeout` (huggingface_hub may send requests of its own first, e.g. while
+    building its request headers, so the deadline is kept here, not left to each request's timeout)."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     outcome: dict = {}
 

@@ -81,10 +81,11 @@ VQ16 = HubFile(LLAMAGEN, "vq_ds16_c2i.pt",
                f"names the same file as NAR's tokenizer. VQ-16 built here has 71.9M parameters.")
 
 
-def _llamagen_sampling(cfg: float, size: str) -> tuple[SamplingConfig, str]:
-    return (SamplingConfig(cfg_scale=cfg, top_k=0),
-            f"{NAR_SAMPLING_SOURCE}; LlamaGen-{size}: GETTING_STARTED.md (--cfg-scale {cfg}) and "
-            f"sample_c2i_ddp.py defaults (top-k 0, top-p 1.0, temperature 1.0)")
+def _llamagen_sampling(size: str, cfg: float) -> dict[str, Any]:
+    """The raster partner's sampling fields of a Preset, from LlamaGen's GETTING_STARTED.md."""
+    return dict(raster_sampling=SamplingConfig(cfg_scale=cfg, top_k=0),
+                sampling_source=f"{NAR_SAMPLING_SOURCE}; LlamaGen-{size}: GETTING_STARTED.md (--cfg-scale "
+                                f"{cfg}) and sample_c2i_ddp.py defaults (top-k 0, top-p 1.0, temperature 1.0)")
 
 
 PRESETS: dict[str, Preset] = {}
@@ -94,7 +95,6 @@ def _register(preset: Preset) -> None:
     PRESETS[preset.name] = preset
 
 
-_sampling, _source = _llamagen_sampling(2.0, "B")
 _register(Preset(
     name="NAR-B",
     nar=HubFile("chenfeng1271/NAR-imagenet-256-B", "last_version.pt",
@@ -108,10 +108,8 @@ _register(Preset(
                    f"{LLAMAGEN_README}: LlamaGen-B, 111M, 16x16 tokens, FID 5.46, linked as "
                    f".../resolve/main/c2i_B_256.pt; LlamaGen's own Space (app.py) pairs GPT-B with this file "
                    f"at 256 px. LlamaGen-B built here has 110.9M parameters."),
-    raster_missing="", vq=VQ16, arch="GPT-B",
-    raster_sampling=_sampling, sampling_source=_source))
+    raster_missing="", vq=VQ16, arch="GPT-B", **_llamagen_sampling("B", 2.0)))
 
-_sampling, _source = _llamagen_sampling(2.0, "L")
 _register(Preset(
     name="NAR-L",
     nar=HubFile(None, None,
@@ -122,8 +120,7 @@ _register(Preset(
     raster=HubFile(LLAMAGEN, "c2i_L_256.pt",
                    f"{LLAMAGEN_README}: LlamaGen-L, 343M, 16x16 tokens, FID 3.80, linked as "
                    f".../resolve/main/c2i_L_256.pt. LlamaGen-L built here has 342.9M parameters."),
-    raster_missing="", vq=VQ16, arch="GPT-L",
-    raster_sampling=_sampling, sampling_source=_source))
+    raster_missing="", vq=VQ16, arch="GPT-L", **_llamagen_sampling("L", 2.0)))
 
 _register(Preset(
     name="NAR-XL",
@@ -205,7 +202,7 @@ def describe_presets() -> list[dict[str, Any]]:
     rows = []
     for p in PRESETS.values():
         rows.append({"preset": p.name, "architecture": p.arch, "grid": f"{p.grid_size}x{p.grid_size}",
-                     "nar": p.nar.name if not p.missing() else f"(not confirmed) {p.nar.repo or ''}",
+                     "nar": p.nar.name if not p.missing() else " ".join(["(not confirmed)", p.nar.repo or ""]).strip(),
                      "raster": p.raster.name if p.raster else f"none: {p.raster_missing}",
                      "vq": p.vq.name, "nar_cfg": p.nar_sampling.cfg_scale,
                      "raster_cfg": p.raster_sampling.cfg_scale if p.raster else None,

@@ -162,6 +162,14 @@ def test_unconfirmed_presets_say_so():
         get_preset("NAR-Q")
 
 
+def test_cli_lists_the_presets(capsys):
+    from nar.generate import main
+    main(["--list-presets"])
+    rows = {row["preset"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["NAR-B"]["ready"] and rows["NAR-B"]["raster"] == "FoundationVision/LlamaGen/c2i_B_256.pt"
+    assert rows["NAR-L"]["nar"] == "(not confirmed)" and rows["NAR-XL"]["raster"].startswith("none: ")
+
+
 # -- every real preset against the official key layout, on the meta device ---------------------
 def find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - n % k
