@@ -80,6 +80,7 @@ class Checkpoint:
     config: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    head_count_inferred: bool = False   # an official file whose n_head nobody stated (dim / 64 assumed)
 
 
 def save_checkpoint(path: str | os.PathLike, kind: str, state_dict: Mapping[str, torch.Tensor],
@@ -181,13 +182,13 @@ def _count_indexed(state_dict: Mapping[str, Any], prefix: str) -> int:
 
 
 def infer_transformer_config(kind: str, sd: Mapping[str, torch.Tensor],
-                             grid_size: int = 16) -> dict[str, Any]:
+                             grid_size: int = 16, n_head: Optional[int] = None) -> dict[str, Any]:
     """Config of an official GPT checkpoint from its tensor shapes. Head count is not in the
-    weights; the official sizes all use 64-dim heads."""
+    weights: `n_head` when stated, else dim / 64 (the official sizes all use 64-dim heads)."""
     vocab, dim = sd["tok_embeddings.weight"].shape
     n_blocks = _count_indexed(sd, "layers.")
     n_layer = n_blocks - 1 if kind == "nar" else n_blocks
-    n_head = max(1, dim // 64)
+    n_head = n_head or max(1, dim // 64)
     q_and_kv = sd["layers.0.attention.wqkv.weight"].shape[0]
     n_kv_head = (q_and_kv - dim) // 2 // (dim // n_head)
     return dict(kind=kind, dim=dim, n_layer=n_layer, n_head=n_head,
@@ -212,22 +213,35 @@ def infer_vq_config(sd: Mapping[str, torch.Tensor], grid_size: int = 16) -> dict
                 image_size=grid_size * 2 ** (levels - 1))
 
 
-def read_official(path: str | os.PathLike, grid_size: int = 16) -> Checkpoint:
+def read_official(path: str | os.PathLike, grid_size: int = 16, arch=None) -> Checkpoint:
+    """An official file; `arch` (a size name or config fields, nar/arch.py) or `<file>.json` states
+    what the shapes cannot tell. Official 1000-class models are ImageNet-1k: they get its names."""
+    from .arch import ArchitectureError, check_against_shapes, sidecar_architecture, stated_architecture
+    from .classes import IMAGENET_CLASSES, imagenet_labels
     path = Path(path)
     sd = unwrap_state_dict(torch_load_weights(path), path.name)
     kind = infer_kind(sd)
     try:
+        stated = stated_architecture(arch) if arch is not None else sidecar_architecture(path)
+        grid_size = stated.get("grid_size", grid_size)
         if kind == "vq":
             config = infer_vq_config(sd, grid_size)
         else:
-            config = infer_transformer_config(kind, sd, grid_size)
+            config = infer_transformer_config(kind, sd, grid_size, n_head=stated.get("n_head"))
+            check_against_shapes(config, stated, path.name)
     except KeyError as e:
         raise CheckpointError(f"{path.name} looks like a {kind} checkpoint but lacks {e}") from e
-    return Checkpoint(kind=kind, state_dict=sd, config=config, source=str(path))
+    except ArchitectureError as e:
+        raise CheckpointError(str(e)) from e
+    imagenet = kind != "vq" and config["num_classes"] == IMAGENET_CLASSES
+    return Checkpoint(kind=kind, state_dict=sd, config=config, source=str(path),
+                      extra={"class_names": imagenet_labels()} if imagenet else {},
+                      head_count_inferred=kind != "vq" and "n_head" not in stated)
 
 
-def read_checkpoint(path: str | os.PathLike, grid_size: int = 16) -> Checkpoint:
-    """Our safetensors files, or official .pt/.pth/.bin files (read weights-only)."""
+def read_checkpoint(path: str | os.PathLike, grid_size: int = 16, arch=None) -> Checkpoint:
+    """Our safetensors files, or official .pt/.pth/.bin files (read weights-only; `arch`: see
+    read_official)."""
     path = Path(_checked_length(path))
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {shown(str(path))}")
@@ -236,7 +250,7 @@ def read_checkpoint(path: str | os.PathLike, grid_size: int = 16) -> Checkpoint:
     if path.suffix == ".safetensors" or (len(head) == 8 and not head.startswith(b"PK")
                                          and not head.startswith(b"\x80")):
         return read_safetensors(path)
-    return read_official(path, grid_size)
+    return read_official(path, grid_size, arch)
 
 
 def load_state_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], name: str) -> None:

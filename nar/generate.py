@@ -2,6 +2,7 @@
 
     python -m nar.generate --order nar --class-id smiley --seed 0 --out out.png --gif front.gif --json
     python -m nar.generate --checkpoint hf://owner/repo/c2i_L_256.pt --vq vq_ds16_c2i.pt --order nar ...
+    python -m nar.generate --preset NAR-B --order nar --class-id "golden retriever"
 
 Without --checkpoint the bundled models are used: the NAR model for `nar`, the raster model
 for `raster` and `zipar`. With --json the last line printed is one JSON object.
@@ -9,14 +10,17 @@ for `raster` and `zipar`. With --json the last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Optional
 
+import torch
 
 from .checkpoint import CheckpointError
+from .classes import ClassPicker
 from .config import SamplingConfig
-from .loading import BUNDLED_DIR, load, pick_device
+from .loading import BUNDLED_DIR, HUB_PREFIX, load, pick_device
 from .pipeline import Studio
 from .render import save_gif, save_mp4, save_png, tile
 from .schedules import ORDERS
@@ -27,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="model file, Hub repo id (with --filename) or hf://owner/repo/file; "
                                         "default: the bundled model for the order")
     p.add_argument("--filename", help="file inside the Hub repo given by --checkpoint")
+    p.add_argument("--preset", help="an official model by name (NAR-B, ...): NAR, its raster partner, the "
+                                    "tokenizer, ImageNet names and the authors' sampling settings; "
+                                    "--checkpoint then names a NAR file the preset could not confirm")
+    p.add_argument("--list-presets", action="store_true", help="print the presets as JSON and exit")
+    p.add_argument("--arch", help="architecture of an official --checkpoint: a size (GPT-B, GPT-L, ...) or a "
+                                  "JSON object of fields (n_layer, dim, n_head, ...)")
     p.add_argument("--vq", default=str(BUNDLED_DIR / "vq.safetensors"), help="tokenizer file or hf://owner/repo/file")
     p.add_argument("--order", choices=ORDERS, default="nar")
     p.add_argument("--window", type=int, default=8, help="ZipAR window (tokens the row above must lead by)")
@@ -34,11 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class index or name; repeat for several images (default 0)")
     p.add_argument("--num-images", type=int, default=1, help="images per class id")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cfg-scale", type=float, default=4.0)
-    p.add_argument("--cfg-interval", type=int, default=-1)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=2000)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--cfg-scale", type=float, help="default: the preset's, else 4.0")
+    p.add_argument("--cfg-interval", type=int, help="default: the preset's, else -1")
+    p.add_argument("--temperature", type=float, help="default: the preset's, else 1.0")
+    p.add_argument("--top-k", type=int, help="default: the preset's, else 2000")
+    p.add_argument("--top-p", type=float, help="default: the preset's, else 1.0")
     p.add_argument("--grid-size", type=int, default=16, help="token grid of an official checkpoint")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="out.png", help="PNG of the final image(s)")
@@ -49,12 +59,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+SAMPLING_FLAGS = ("cfg_scale", "cfg_interval", "temperature", "top_k", "top_p")
+
+
+def parse_arch(text: Optional[str]):
+    if text is None or not text.strip().startswith("{"):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--arch is neither a size name nor a JSON object ({e})") from e
+
+
+def preset_models(args):
+    from .presets import load_preset
+    nar = None
+    if args.checkpoint:
+        text = args.checkpoint[len(HUB_PREFIX):] if args.checkpoint.startswith(HUB_PREFIX) else args.checkpoint
+        parts = text.split("/") if args.filename is None else [*text.split("/"), args.filename]
+        if len(parts) < 3:
+            raise ValueError("with --preset, --checkpoint is a Hub file: hf://owner/repo/file")
+        nar = ("/".join(parts[:2]), "/".join(parts[2:]))
+    return load_preset(args.preset, device=args.device, nar=nar)
+
+
 def make_studio(args) -> Studio:
     device = pick_device(args.device)
-    vq = load(args.vq, expect="vq", device=device)
+    vq = load(args.vq, expect="vq", device=device, grid_size=args.grid_size)   # an official VQ file's grid
     kind = "nar" if args.order == "nar" else "raster"
     if args.checkpoint:
-        loaded = load(args.checkpoint, args.filename, expect=kind, device=device, grid_size=args.grid_size)
+        loaded = load(args.checkpoint, args.filename, expect=kind, device=device, grid_size=args.grid_size,
+                      arch=parse_arch(args.arch))
     else:
         loaded = load(BUNDLED_DIR / f"{kind}.safetensors", expect=kind, device=device)
     studio = Studio(vq)
@@ -65,12 +100,26 @@ def make_studio(args) -> Studio:
 def run(args) -> dict:
     if args.num_images < 1 or args.num_images > 64:
         raise ValueError("--num-images must be in [1, 64]")
-    sampling = SamplingConfig(cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval,
-                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                              seed=args.seed).validate()
-    studio = make_studio(args)
+    given = {k: getattr(args, k) for k in SAMPLING_FLAGS if getattr(args, k) is not None}
+    SamplingConfig(**given).validate()   # bad flags are refused before any model loads
+    notes = []
+    if args.preset:
+        models = preset_models(args)
+        if args.order != "nar" and models.preset.raster is None:
+            raise ValueError(f"preset {args.preset} has no raster model: {models.preset.raster_missing}")
+        studio, sampling, notes = models.studio, models.sampling(args.order, seed=args.seed, **given), models.notes
+    else:
+        studio = make_studio(args)
+        sampling = SamplingConfig(seed=args.seed, **given).validate()
+    loaded = studio.model_for(args.order)
+    if loaded.head_count_inferred:
+        notes.append(f"{loaded.source}: head count inferred as {loaded.model.config.n_head} (dim / 64); "
+                     f"state it with --arch if this checkpoint differs")
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    picker = ClassPicker(loaded.class_names)
     classes = [c for c in (args.class_id or ["0"]) for _ in range(args.num_images)]
-    class_ids = studio.class_ids(args.order, classes)
+    class_ids = torch.tensor([picker.lookup(c) for c in classes], dtype=torch.long)
     frames = []
     draw = (lambda record: frames.append(tile(studio.frames(record)))) if args.gif or args.mp4 else None
     out = studio(class_ids.tolist(), order=args.order, sampling=sampling, window=args.window,
@@ -88,11 +137,16 @@ def run(args) -> dict:
             "class_names": [studio.model_for(args.order).class_names[i] for i in class_ids.tolist()],
             "seconds": round(decode_seconds, 4),
             "images_per_second": round(len(class_ids) / max(decode_seconds, 1e-9), 3),
-            "device": str(studio.device), "seed": args.seed, **outputs}
+            "device": str(studio.device), "seed": args.seed, "sampling": dataclasses.asdict(sampling),
+            "heads_inferred": loaded.head_count_inferred, "notes": notes, **outputs}
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.list_presets:
+        from .presets import describe_presets
+        print(json.dumps(describe_presets(), indent=1))
+        return
     try:
         summary = run(args)
     except (CheckpointError, FileNotFoundError, ValueError) as e:

@@ -18,6 +18,7 @@ import torch
 from .checkpoint import (Checkpoint, CheckpointError, check_config_bounds, check_state_matches, class_names_of,
                          read_checkpoint)
 from .config import ModelConfig, VQConfig
+from .hub import HubError, hub_file
 from .names import NameTooLong, check_path_length, quoted, shown
 from .model import Transformer
 from .vq import VQModel
@@ -49,13 +50,15 @@ class LoadedModel:
     class_names: list[str]
     source: str
     path: Optional[Path] = None       # the local file the weights came from (fine-tuning starts there)
+    head_count_inferred: bool = False  # an official file whose head count nobody stated (dim / 64)
 
     def describe(self) -> dict:
         cfg = self.model.config
         params = sum(p.numel() for p in self.model.parameters())
         return {"source": self.source, "kind": cfg.kind, "parameters": params,
                 "layers": cfg.n_layer, "extra_blocks": cfg.extra_blocks if cfg.kind == "nar" else 0,
-                "dim": cfg.dim, "heads": cfg.n_head, "vocab": cfg.vocab_size,
+                "dim": cfg.dim, "vocab": cfg.vocab_size,
+                "heads": f"{cfg.n_head} (inferred: dim / 64)" if self.head_count_inferred else cfg.n_head,
                 "grid": f"{cfg.grid_size}x{cfg.grid_size}", "classes": len(self.class_names)}
 
 
@@ -140,17 +143,19 @@ def from_checkpoint(ckpt: Checkpoint, *, label: Optional[str] = None, expect: Op
     if fits is not None:
         check_fits(model.config, fits)
     model = model.to(device=device, dtype=dtype or pick_dtype(device))
-    return LoadedModel(model, class_names_of(ckpt), label, Path(ckpt.source) if ckpt.source else None)
+    return LoadedModel(model, class_names_of(ckpt), label, Path(ckpt.source) if ckpt.source else None,
+                       head_count_inferred=ckpt.head_count_inferred)
 
 
 def load(source: str | os.PathLike, filename: Optional[str] = None, *, expect: Optional[str] = None,
          device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None, grid_size: int = 16,
-         fits: Optional[VQConfig] = None) -> Loaded:
+         fits: Optional[VQConfig] = None, arch=None) -> Loaded:
     """Load a transformer or a tokenizer from a local file or the Hub (see `resolve`).
-    grid_size: the token grid of an official checkpoint, whose files do not store it."""
+    grid_size: the token grid of an official checkpoint, whose files do not store it; arch: its
+    architecture (a size name or config fields, nar/arch.py), where the file cannot tell."""
     path = resolve(source, filename)
     label = str(source if filename is None else f"{source}/{filename}")
-    return from_checkpoint(read_checkpoint(path, grid_size=grid_size), label=label, expect=expect,
+    return from_checkpoint(read_checkpoint(path, grid_size=grid_size, arch=arch), label=label, expect=expect,
                            device=device, dtype=dtype, fits=fits)
 
 
@@ -205,24 +210,10 @@ def resolve(source: str | os.PathLike, filename: Optional[str] = None, *,
         text, filename = "/".join(parts[:2]), "/".join(parts[2:])
     repo_id = validate_repo_id(text)
     filename = validate_repo_filename(filename)
-    from huggingface_hub import hf_hub_download   # imported on first Hub use: it is slow to import
-    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError)
-    if offline is None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
-        return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir, revision=revision,
-                                    local_files_only=offline))
-    except LocalEntryNotFoundError as e:
-        why = "offline mode is on" if offline else "the Hub could not be reached"
-        raise CheckpointError(f"{repo_id}/{filename} is not in the local Hugging Face cache and "
-                              f"{why}; download it once with network access or give a local path") from e
-    except RepositoryNotFoundError as e:
-        raise CheckpointError(f"Hub repository {repo_id!r} does not exist or is private") from e
-    except EntryNotFoundError as e:
-        raise CheckpointError(f"{filename!r} is not a file of Hub repository {repo_id!r}") from e
-    except (HfHubHTTPError, OSError) as e:
-        raise CheckpointError(f"could not fetch {repo_id}/{filename} from the Hub ({e})") from e
+        return hub_file(repo_id, filename, cache_dir=cache_dir, revision=revision, offline=offline)
+    except HubError as e:
+        raise CheckpointError(str(e)) from e
 
 
 def validate_repo_id(repo_id: str) -> str:
