@@ -21,25 +21,38 @@ from .render import save_gif, save_mp4, save_png, tile
 from .schedules import ORDERS
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nar.generate", description=__doc__.split("\n\n")[0])
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, decoding-order and sampling options every sampling CLI shares
+    (nar.generate, nar.sample); `sampling_config(args)` reads them back."""
     p.add_argument("--checkpoint", help="model file, Hub repo id (with --filename) or hf://owner/repo/file; "
                                         "default: the bundled model for the order")
     p.add_argument("--filename", help="file inside the Hub repo given by --checkpoint")
     p.add_argument("--vq", default=str(BUNDLED["vq"]), help="tokenizer file or hf://owner/repo/file")
     p.add_argument("--order", choices=ORDERS, default="nar")
     p.add_argument("--window", type=int, default=8, help="ZipAR window (tokens the row above must lead by)")
-    p.add_argument("--class-id", action="append", default=None,
-                   help="class index or name; repeat for several images (default 0)")
-    p.add_argument("--num-images", type=int, default=1, help="images per class id")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="image i is sampled with seed + i")
     p.add_argument("--cfg-scale", type=float, default=4.0)
     p.add_argument("--cfg-interval", type=int, default=-1)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=2000)
+    p.add_argument("--top-k", type=int, default=2000, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--grid-size", type=int, default=16, help="token grid of an official checkpoint")
     p.add_argument("--device", default="auto")
+
+
+def sampling_config(args, seed: Optional[int] = None) -> SamplingConfig:
+    """The SamplingConfig of parsed sampling arguments (seed: another first seed than --seed)."""
+    return SamplingConfig(cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval,
+                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          seed=args.seed if seed is None else seed).validate()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m nar.generate", description=__doc__.split("\n\n")[0])
+    add_sampling_arguments(p)
+    p.add_argument("--class-id", action="append", default=None,
+                   help="class index or name; repeat for several images (default 0)")
+    p.add_argument("--num-images", type=int, default=1, help="images per class id")
     p.add_argument("--out", default="out.png", help="PNG of the final image(s)")
     p.add_argument("--gif", help="GIF of the decoding front, one frame per step")
     p.add_argument("--mp4", help="MP4 of the decoding front")
@@ -65,9 +78,7 @@ def make_studio(args) -> Studio:
 def run(args) -> dict:
     if args.num_images < 1 or args.num_images > 64:
         raise ValueError("--num-images must be in [1, 64]")
-    sampling = SamplingConfig(cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval,
-                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                              seed=args.seed).validate()
+    sampling = sampling_config(args)
     studio = make_studio(args)
     classes = [c for c in (args.class_id or ["0"]) for _ in range(args.num_images)]
     class_ids = studio.class_ids(args.order, classes)
