@@ -165,7 +165,7 @@ def test_one_and_two_processes_give_the_same_samples(tiny_checkpoints, tmp_path)
 def test_killed_run_resumes_to_the_same_files(tiny_checkpoints, tmp_path, capsys):
     """SIGKILL a two-process ZipAR run once some PNGs exist, continue it with one process:
     the files equal an uninterrupted run's; other settings on that folder are refused."""
-    args = ["--num-samples", "96", "--batch-size", "2", "--order", "zipar", "--window", "2", "--seed", "1"]
+    args = ["--num-samples", "128", "--batch-size", "2", "--order", "zipar", "--window", "2", "--seed", "1"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen(command(tiny_checkpoints, killed, *args, processes=2, kind="raster"), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -183,7 +183,7 @@ def test_killed_run_resumes_to_the_same_files(tiny_checkpoints, tmp_path, capsys
         time.sleep(0.01)
     assert len(workers) >= 2 and proc.returncode == -signal.SIGKILL
     partial = pngs(killed)
-    assert 4 <= len(partial) < 96, len(partial)
+    assert 4 <= len(partial) < 128, len(partial)
     assert not (killed / "samples.npz").exists()
     for name in partial:                     # every PNG under its final name is whole
         assert read_png(killed / "images" / name).shape == (16, 16, 3)
@@ -197,10 +197,10 @@ def test_killed_run_resumes_to_the_same_files(tiny_checkpoints, tmp_path, capsys
     code, _, err = in_process(tiny_checkpoints, tmp_path / "whole", *args, kind="raster", capsys=capsys)
     assert code == 0, err[-3000:]
     record = json.loads((killed / "sample.json").read_text())
-    assert record["runs"][-1]["images"] <= 96 - len(partial) + 2   # only the unfinished batches again
-    assert pngs(killed) == pngs(tmp_path / "whole") and len(pngs(killed)) == 96
+    assert record["runs"][-1]["images"] <= 128 - len(partial) + 2   # only the unfinished batches again
+    assert pngs(killed) == pngs(tmp_path / "whole") and len(pngs(killed)) == 128
     with np.load(killed / "samples.npz") as a, np.load(tmp_path / "whole" / "samples.npz") as b:
-        assert a["arr_0"].shape == (96, 16, 16, 3) and np.array_equal(a["arr_0"], b["arr_0"])
+        assert a["arr_0"].shape == (128, 16, 16, 3) and np.array_equal(a["arr_0"], b["arr_0"])
     assert not list(killed.rglob(".*.tmp"))
 
 
