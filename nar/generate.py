@@ -26,8 +26,9 @@ from .render import save_gif, save_mp4, save_png, tile
 from .schedules import ORDERS
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nar.generate", description=__doc__.split("\n\n")[0])
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, decoding-order and sampling options every sampling CLI shares
+    (nar.generate, nar.sample); `load_models(args)` reads them back."""
     p.add_argument("--checkpoint", help="model file, Hub repo id (with --filename) or hf://owner/repo/file; "
                                         "default: the bundled model for the order")
     p.add_argument("--filename", help="file inside the Hub repo given by --checkpoint")
@@ -40,17 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vq", default=str(BUNDLED_DIR / "vq.safetensors"), help="tokenizer file or hf://owner/repo/file")
     p.add_argument("--order", choices=ORDERS, default="nar")
     p.add_argument("--window", type=int, default=8, help="ZipAR window (tokens the row above must lead by)")
-    p.add_argument("--class-id", action="append", default=None,
-                   help="class index or name; repeat for several images (default 0)")
-    p.add_argument("--num-images", type=int, default=1, help="images per class id")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="image i is sampled with seed + i")
     p.add_argument("--cfg-scale", type=float, help="default: the preset's, else 4.0")
     p.add_argument("--cfg-interval", type=int, help="default: the preset's, else -1")
     p.add_argument("--temperature", type=float, help="default: the preset's, else 1.0")
-    p.add_argument("--top-k", type=int, help="default: the preset's, else 2000")
+    p.add_argument("--top-k", type=int, help="0 = off; default: the preset's, else 2000")
     p.add_argument("--top-p", type=float, help="default: the preset's, else 1.0")
     p.add_argument("--grid-size", type=int, default=16, help="token grid of an official checkpoint")
     p.add_argument("--device", default="auto")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m nar.generate", description=__doc__.split("\n\n")[0])
+    add_sampling_arguments(p)
+    p.add_argument("--class-id", action="append", default=None,
+                   help="class index or name; repeat for several images (default 0)")
+    p.add_argument("--num-images", type=int, default=1, help="images per class id")
     p.add_argument("--out", default="out.png", help="PNG of the final image(s)")
     p.add_argument("--gif", help="GIF of the decoding front, one frame per step")
     p.add_argument("--mp4", help="MP4 of the decoding front")
@@ -97,11 +103,17 @@ def make_studio(args) -> Studio:
     return studio
 
 
-def run(args) -> dict:
-    if args.num_images < 1 or args.num_images > 64:
-        raise ValueError("--num-images must be in [1, 64]")
-    given = {k: getattr(args, k) for k in SAMPLING_FLAGS if getattr(args, k) is not None}
-    SamplingConfig(**given).validate()   # bad flags are refused before any model loads
+def sampling_flags(args) -> dict:
+    """The sampling options given on the command line (the others take the preset's or the defaults)."""
+    return {k: getattr(args, k) for k in SAMPLING_FLAGS if getattr(args, k) is not None}
+
+
+def load_models(args) -> tuple[Studio, SamplingConfig, list[str]]:
+    """The Studio and sampling settings the arguments name, with notes for the user: a --preset
+    (its models and sampling defaults) or --checkpoint / --vq (default: the bundled models).
+    Bad sampling flags are refused before any model loads."""
+    given = sampling_flags(args)
+    SamplingConfig(seed=args.seed, **given).validate()
     notes = []
     if args.preset:
         models = preset_models(args)
@@ -115,9 +127,16 @@ def run(args) -> dict:
     if loaded.head_count_inferred:
         notes.append(f"{loaded.source}: head count inferred as {loaded.model.config.n_head} (dim / 64); "
                      f"state it with --arch if this checkpoint differs")
+    return studio, sampling, notes
+
+
+def run(args) -> dict:
+    if args.num_images < 1 or args.num_images > 64:
+        raise ValueError("--num-images must be in [1, 64]")
+    studio, sampling, notes = load_models(args)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    picker = ClassPicker(loaded.class_names)
+    picker = ClassPicker(studio.model_for(args.order).class_names)
     classes = [c for c in (args.class_id or ["0"]) for _ in range(args.num_images)]
     class_ids = torch.tensor([picker.lookup(c) for c in classes], dtype=torch.long)
     frames = []
@@ -138,7 +157,7 @@ def run(args) -> dict:
             "seconds": round(decode_seconds, 4),
             "images_per_second": round(len(class_ids) / max(decode_seconds, 1e-9), 3),
             "device": str(studio.device), "seed": args.seed, "sampling": dataclasses.asdict(sampling),
-            "heads_inferred": loaded.head_count_inferred, "notes": notes, **outputs}
+            "heads_inferred": studio.model_for(args.order).head_count_inferred, "notes": notes, **outputs}
 
 
 def main(argv: Optional[list[str]] = None) -> None:
