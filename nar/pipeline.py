@@ -17,6 +17,7 @@ import torch
 from .checkpoint import CheckpointError, build_transformer, build_vq, class_names_of, read_checkpoint, resolve
 from .config import SamplingConfig
 from .decode import StepRecord, decode_steps
+from .devices import pick_device, pick_dtype
 from .model import Transformer
 from .render import compose_frame, to_uint8
 from .schedules import Schedule, make_schedule
@@ -25,19 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = {"nar": ROOT / "checkpoints" / "nar.safetensors",
            "raster": ROOT / "checkpoints" / "raster.safetensors",
            "vq": ROOT / "checkpoints" / "vq.safetensors"}
-
-
-def pick_device(name: Optional[str] = None) -> torch.device:
-    if name and name != "auto":
-        return torch.device(name)
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def pick_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that support it (the reference sampling precision), fp32 elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 @dataclass
