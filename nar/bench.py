@@ -337,7 +337,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--no-cuda-graphs", action="store_true",
                    help="on a GPU, launch every step's kernels instead of replaying captured CUDA graphs")
     p.add_argument("--out-dir", default=str(ROOT / "runs" / "bench"),
-                   help="where the JSON and plots go (benchmarks/ holds the committed results: pass it to replace them)")
+                   help="where the JSON and plots go (pass benchmarks to replace the committed results)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     device = pick_device(args.device)
@@ -366,6 +366,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         f"{limits.matmul_flops_per_s / 1e12:.2f} TFLOP/s matmul ({dtype})")
     name = device_name(device)
     out_path = Path(args.out_dir) / f"{name}{'-quick' if args.quick else ''}.json"
+    free_memory(device)   # the limits' big buffers are still cached: free them before asking what is free
     groups = plan_groups(cases, free_device_bytes(device))
     log(f"{len(cases)} configurations in {len(groups)} group(s) x {rounds} interleaved rounds on {name} ({dtype})")
     report = {"device": name, "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,

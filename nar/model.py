@@ -196,10 +196,10 @@ class Transformer(nn.Module):
         return Features(right=right, below=h if self.has_below_head else None)
 
     def logits_right(self, h: torch.Tensor) -> torch.Tensor:
-        return self.output(self.norm(h)).float()
+        return self.output(self.norm(h.to(self.output.weight.dtype))).float()  # heads_in_fp32: fp32 here
 
     def logits_below(self, h: torch.Tensor) -> torch.Tensor:
-        return self.medusa_output(self.medusa_norm(h)).float()
+        return self.medusa_output(self.medusa_norm(h.to(self.medusa_output.weight.dtype))).float()
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.tok_embeddings(tokens)
@@ -250,6 +250,15 @@ class Transformer(nn.Module):
         logits[:, 1:, 0] = B_grid[:, :-1, 0]                 # first column: from above only
         logits[:, 1:, 1:] = (R_grid[:, 1:, :-1] + B_grid[:, :-1, 1:]) / 2
         return logits.reshape(bsz, n * n, vocab)
+
+
+def heads_in_fp32(model: Transformer) -> Transformer:
+    """Keep the final norms and output projections of a bf16 model in fp32 (after `.to(dtype)`):
+    CFG amplifies the logits' rounding error. No-op on an fp32 model."""
+    for name in ("norm", "output", "medusa_norm", "medusa_output"):
+        if hasattr(model, name):
+            getattr(model, name).float()
+    return model
 
 
 # -- masks ----------------------------------------------------------------------------------

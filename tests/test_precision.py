@@ -38,3 +38,12 @@ def test_fp32_heads_of_a_bf16_model(make_model):
     rounded = bf16.logits_right(h)
     assert not torch.equal(rounded, exact) and torch.allclose(rounded, exact, rtol=0.02, atol=0.02)
     assert torch.equal(heads_in_fp32(model).logits_right(h.float()), model.logits_right(h.float()))  # fp32: no-op
+
+
+def test_roofline_counts_fp32_heads_at_four_bytes(make_model):
+    from nar.roofline import step_costs
+    model = make_model("nar", grid=4).to(torch.bfloat16)
+    schedule = make_schedule("nar", 4)
+    before = step_costs(model, schedule, 1, True)[0].weight_bytes
+    after = step_costs(heads_in_fp32(model), schedule, 1, True)[0].weight_bytes
+    assert after - before == 2 * model.config.vocab_size * model.config.dim * 2   # two heads, 2 more bytes each
