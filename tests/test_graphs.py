@@ -81,3 +81,35 @@ def test_out_of_memory_is_recognised_through_the_error_chain():
     except RuntimeError as chained:
         assert is_out_of_memory(chained)
     assert not is_out_of_memory(RuntimeError("CUDA error: illegal memory access"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_out_of_memory_while_building_frees_everything(make_model):
+    """With the GPU almost full, build ever larger decodes until one does not fit (in the KV
+    cache or inside the graph capture): each attempt, built or failed, must give back all it took."""
+    import gc
+    from nar.graphs import CaptureError
+    model = make_model("nar", grid=5).cuda()
+    schedule, sampling = make_schedule("nar", 5), SamplingConfig(cfg_scale=3.0)
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    for _ in range(2):   # the plan's tensors (cached per device) and cuBLAS workspaces stay allocated
+        GraphedDecode(model, schedule, 1, sampling).release()
+    torch.cuda.empty_cache()
+    filler = torch.empty(torch.cuda.mem_get_info()[0] - (256 << 20), dtype=torch.uint8, device="cuda")
+    base = torch.cuda.memory_allocated()
+    slack = 64 << 20     # a new side stream's cuBLAS workspace may stay; a kept decode would be far more
+    failed, batch = None, 64
+    while failed is None and batch < (1 << 24):
+        try:
+            GraphedDecode(model, schedule, batch, sampling).release()
+        except (CaptureError, torch.cuda.OutOfMemoryError) as e:
+            failed = f"batch {batch}: {type(e).__name__}"
+        gc.collect()
+        torch.cuda.empty_cache()
+        assert torch.cuda.memory_allocated() - base <= slack, (batch, failed)
+        batch *= 2
+    del filler
+    assert failed is not None
+    print(failed)
