@@ -28,7 +28,6 @@ import torch
 from .config import SamplingConfig
 from .data import load_split, to_tensor
 from .judge import load_judge, predict
-from .model import heads_in_fp32
 from .pipeline import ROOT, Studio
 from .render import save_png, tile
 
@@ -166,12 +165,11 @@ def plot_sweep(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def set_precision(studio: Studio, dtype: str, fp32_heads: bool) -> None:
-    for loaded in studio.models.values():
-        if loaded is not None and dtype != "auto":
-            loaded.model.to(dtype=getattr(torch, dtype))
-        if loaded is not None and fp32_heads:
-            heads_in_fp32(loaded.model)
+def set_precision(studio: Studio, dtype: str) -> None:
+    if dtype != "auto":
+        for loaded in studio.models.values():
+            if loaded is not None:
+                loaded.model.to(dtype=getattr(torch, dtype))
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -193,7 +191,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="the transformers' precision (auto: bfloat16 on a GPU with native bf16, else float32)")
-    p.add_argument("--fp32-heads", action="store_true", help="with bfloat16: keep the output heads in float32")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     sampling = SamplingConfig(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
@@ -203,7 +200,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         for scale in scales:
             replace(sampling, cfg_scale=scale).validate()
         studio = Studio.from_folder(Path(args.checkpoints), args.device)
-        set_precision(studio, args.dtype, args.fp32_heads)
+        set_precision(studio, args.dtype)
         ref = load_reference(args.judge, args.data)
         orders = args.orders.split(",")
         samples_dir = Path(args.samples_dir) if args.samples_dir else None

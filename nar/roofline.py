@@ -70,8 +70,7 @@ def step_costs(model: Transformer, schedule: Schedule, batch: int, cfg: bool) ->
     block_params = linear_params(model.layers[0])
     heads = 2 if model.has_below_head else 1
     head_params = c.vocab_size * c.dim
-    head_elem = model.output.weight.element_size()   # fp32 in a bf16 model after model.heads_in_fp32
-    weights = c.n_blocks * block_params * elem + heads * head_params * head_elem
+    weights = (c.n_blocks * block_params + heads * head_params) * elem
     kv_per_slot = 2 * c.n_blocks * (c.n_kv_head or c.n_head) * c.head_dim * elem  # K and V, all layers
     out = []
     for sp in plan.steps:
