@@ -3,14 +3,19 @@
     python -m nar.bench --quick --json       # bundled models, batch 1, CFG on: under a minute on 2 CPU cores
     python -m nar.bench                      # + the paper's sizes (random weights), batches, CFG on/off
 
-Every configuration is timed in interleaved rounds (round r runs each configuration once) after
+Configurations are timed in interleaved rounds (round r runs each configuration once) after
 a warm-up, so slow drifts of the machine hit all of them alike; latency is the median over
-rounds with the interquartile range as spread. Results go to benchmarks/<device>.json with
-plots next to it; --json prints the same object as the last line.
+rounds with the interquartile range as spread. With CUDA graphs every configuration holds its
+KV cache and graph pool from warm-up to its last round, so only those that fit together are
+interleaved (one suite and batch at a time, fewer where the GPU's free memory says so) and each
+group is freed before the next. Results go to runs/bench/<device>.json (--out-dir benchmarks
+replaces the committed ones), rewritten after every group so a cut-off run keeps what it
+measured; --json prints the same object as the last line.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import resource
@@ -24,11 +29,13 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
+from .checkpoint import atomic_write
 from .config import SamplingConfig, model_config
 from .decode import decode_steps
-from .graphs import GraphedDecode
+from .devices import device_name, pick_device, pick_dtype
+from .graphs import CaptureError, GraphedDecode, is_out_of_memory
 from .model import Transformer
-from .loading import BUNDLED_DIR, ROOT, load_folder, pick_device, pick_dtype
+from .loading import BUNDLED_DIR, ROOT, load_folder
 from .roofline import MachineLimits, bound_seconds, measure_limits, memory_bound_steps, memory_bytes, step_costs
 from .schedules import Schedule, make_schedule, nar, raster, zipar
 
@@ -69,16 +76,20 @@ class Case:
     def steps(self) -> int:
         return len(self.schedule)
 
+    @property
+    def device(self) -> torch.device:
+        return self.model.tok_embeddings.weight.device
+
+    def release(self) -> None:
+        """Free the captured graphs and buffers (the next run captures them again)."""
+        if self._graphed is not None:
+            self._graphed.release()
+        self._graphed = None
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device).replace(" ", "-")
-    return f"cpu-{torch.get_num_threads()}threads"
 
 
 def cases_for(label: str, suite: str, nar_model: Transformer, raster_model: Transformer,
@@ -103,44 +114,115 @@ def random_pair(size: str, device, dtype, grid: int = 16, vocab: int = 16384) ->
     return models[0], models[1]
 
 
-def time_interleaved(cases: list[Case], rounds: int, warmup: int,
-                     progress: Callable[[str], None]) -> dict[int, list[float]]:
-    """Seconds per run of each case (by index); a case that runs out of GPU memory while warming
-    up gets no times and is left out of the rounds, so "up to what fits" needs no guessing."""
-    times: dict[int, list[float]] = {i: [] for i in range(len(cases))}
-    fits = []
+@dataclass
+class Outcome:
+    """What timing one case gave: seconds per run, its own peak memory, or why it has no times."""
+    times: list[float] = field(default_factory=list)
+    peak_memory_bytes: Optional[int] = None   # GPU bytes the case allocated itself (None on a CPU)
+    left_out: Optional[str] = None
+
+
+def free_device_bytes(device: torch.device) -> Optional[int]:
+    """Free GPU memory now (None off CUDA, where nothing is kept between runs)."""
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+
+
+def case_bytes(case: Case) -> int:
+    """What a case holds beyond the weights while it is kept: its KV cache (exact) and, for the
+    logits, CFG and sampling, a few fp32 [B', Q, vocab] buffers (an estimate; a case that needs
+    more runs out of memory alone and is reported as not fitting)."""
+    seqs = case.batch * (2 if case.cfg else 1)
+    widest = max(len(targets) for targets in case.schedule.steps)
+    kv = memory_bytes(case.model, case.schedule, case.batch, case.cfg)["kv_cache_bytes"]
+    return kv + 4 * seqs * widest * case.model.config.vocab_size * 4
+
+
+def plan_groups(cases: list[Case], free_bytes: Optional[int], headroom: float = 0.8) -> list[list[int]]:
+    """Indices of the cases to interleave together. Eager cases hold memory only while they run:
+    one group. Graphed cases keep theirs until freed: one suite and batch per group, split where
+    the estimated total exceeds `headroom` of the free memory."""
+    if not any(c.graphs for c in cases):
+        return [list(range(len(cases)))]
+    by_key: dict[tuple, list[int]] = {}
     for i, case in enumerate(cases):
-        try:
-            for _ in range(max(1, warmup)):
-                case.run()
-            fits.append(i)
-            progress(f"warm-up {i + 1}/{len(cases)}: {case.label} b={case.batch} cfg={case.cfg}")
-        except torch.cuda.OutOfMemoryError:
-            case._graphed = None
-            torch.cuda.empty_cache()
-            progress(f"warm-up {i + 1}/{len(cases)}: {case.label} b={case.batch} cfg={case.cfg} "
-                     "does not fit in GPU memory: left out")
-    for r in range(rounds):
-        for i in fits:
-            case = cases[i]
-            start = time.perf_counter()
+        by_key.setdefault((case.suite, case.batch), []).append(i)
+    budget = None if free_bytes is None else headroom * free_bytes
+    groups = []
+    for members in by_key.values():
+        group, used = [], 0
+        for i in members:
+            need = case_bytes(cases[i])
+            if group and budget is not None and used + need > budget:
+                groups.append(group)
+                group, used = [], 0
+            group.append(i)
+            used += need
+        groups.append(group)
+    return groups
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def warm_up(case: Case, warmup: int) -> Outcome:
+    """Run a case until it is ready to time (CUDA graphs are captured here), measuring its own
+    peak memory: the graph pool is allocated at capture, the replays allocate nothing."""
+    device = case.device
+    before = 0
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    failure = None
+    try:
+        for _ in range(max(1, warmup)):
             case.run()
-            times[i].append(time.perf_counter() - start)
-        progress(f"round {r + 1}/{rounds} done")
-    return times
+    except (torch.cuda.OutOfMemoryError, CaptureError) as e:
+        failure = "does not fit in GPU memory" if is_out_of_memory(e) else str(e)
+    if failure is not None:
+        # out of the except block: no traceback keeps the half-built decode alive
+        case.release()
+        free_memory(device)
+        return Outcome(left_out=failure)
+    peak = torch.cuda.max_memory_allocated(device) - before if device.type == "cuda" else None
+    return Outcome(peak_memory_bytes=peak)
 
 
-def peak_memory(case: Case) -> Optional[int]:
-    """Peak GPU bytes of one run (None on CPU, where torch does not track allocations)."""
-    device = case.model.tok_embeddings.weight.device
-    if device.type != "cuda":
-        return None
-    torch.cuda.reset_peak_memory_stats(device)
-    case.run()
-    return int(torch.cuda.max_memory_allocated(device))
+def time_interleaved(cases: list[Case], rounds: int, warmup: int, progress: Callable[[str], None],
+                     groups: Optional[list[list[int]]] = None,
+                     group_done: Callable[[dict[int, Outcome]], None] = lambda outcomes: None) -> dict[int, Outcome]:
+    """Time each group of cases (default: all together) in interleaved rounds, freeing the group
+    before the next; `group_done` gets the outcomes so far after each group. A case that fails
+    to warm up (out of GPU memory, a failed capture) gets no times and the run goes on."""
+    outcomes: dict[int, Outcome] = {}
+    groups = groups if groups is not None else [list(range(len(cases)))]
+    for g, group in enumerate(groups):
+        for i in group:
+            case = cases[i]
+            outcomes[i] = warm_up(case, warmup)
+            note = f": {outcomes[i].left_out}, left out" if outcomes[i].left_out else ""
+            progress(f"group {g + 1}/{len(groups)} warm-up {i + 1}/{len(cases)}: {case.label} "
+                     f"b={case.batch} cfg={case.cfg}{note}")
+        fits = [i for i in group if outcomes[i].left_out is None]
+        for r in range(rounds):
+            for i in fits:
+                start = time.perf_counter()
+                cases[i].run()
+                outcomes[i].times.append(time.perf_counter() - start)
+        for i in group:
+            cases[i].release()
+        if group:
+            free_memory(cases[group[0]].device)
+        progress(f"group {g + 1}/{len(groups)} done ({rounds} rounds)")
+        group_done(outcomes)
+    return outcomes
 
 
-def summarise(case: Case, seconds: list[float], limits: MachineLimits) -> dict:
+def summarise(case: Case, outcome: Outcome, limits: MachineLimits) -> dict:
+    seconds = outcome.times
     q = statistics.quantiles(seconds, n=4) if len(seconds) >= 2 else [seconds[0]] * 3
     median = statistics.median(seconds)
     cfg = case.model.config
@@ -151,7 +233,7 @@ def summarise(case: Case, seconds: list[float], limits: MachineLimits) -> dict:
             "batch": case.batch, "cfg": case.cfg, "steps": case.steps, "grid": cfg.grid_size,
             "latency_median_s": median, "latency_iqr_s": [q[0], q[2]],
             "latency_per_image_s": median / case.batch, "images_per_s": case.batch / median,
-            "rounds": len(seconds), "peak_memory_bytes": peak_memory(case), "cuda_graphs": case.graphs,
+            "rounds": len(seconds), "peak_memory_bytes": outcome.peak_memory_bytes, "cuda_graphs": case.graphs,
             **memory_bytes(case.model, case.schedule, case.batch, case.cfg),
             "bound_per_image_s": bound / case.batch, "times_bound": median / bound,
             "memory_bound_steps": memory_bound_steps(costs, limits),
@@ -291,10 +373,11 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="folder with nar.safetensors, raster.safetensors and vq.safetensors")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="auto: bfloat16 on a GPU, float32 on a CPU")
+                   help="auto: bfloat16 on a GPU with native bf16 (compute capability 8.0+), else float32")
     p.add_argument("--no-cuda-graphs", action="store_true",
                    help="on a GPU, launch every step's kernels instead of replaying captured CUDA graphs")
-    p.add_argument("--out-dir", default=str(ROOT / "benchmarks"))
+    p.add_argument("--out-dir", default=str(ROOT / "runs" / "bench"),
+                   help="where the JSON and plots go (pass benchmarks to replace the committed results)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     device = pick_device(args.device)
@@ -318,27 +401,36 @@ def main(argv: Optional[list[str]] = None) -> None:
     limits = measure_limits(device, dtype)
     log(f"measured limits: {limits.bandwidth_bytes_per_s / 1e9:.0f} GB/s copy, "
         f"{limits.matmul_flops_per_s / 1e12:.2f} TFLOP/s matmul ({dtype})")
-    log(f"{len(cases)} configurations x {rounds} interleaved rounds on {device_name(device)} ({dtype})")
-    start = time.perf_counter()
-    times = time_interleaved(cases, rounds, args.warmup, log)
-    results = [summarise(c, times[i], limits) for i, c in enumerate(cases) if times[i]]
-    report_left_out = [{"label": c.label, "batch": c.batch, "cfg": c.cfg, "reason": "out of GPU memory"}
-                       for i, c in enumerate(cases) if not times[i]]
     name = device_name(device)
+    out_path = Path(args.out_dir) / f"{name}{'-quick' if args.quick else ''}.json"
+    free_memory(device)   # the limits' big buffers are still cached: free them before asking what is free
+    groups = plan_groups(cases, free_device_bytes(device))
+    log(f"{len(cases)} configurations in {len(groups)} group(s) x {rounds} interleaved rounds on {name} ({dtype})")
     report = {"device": name, "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
-              "machine": platform.machine(), "quick": args.quick,
-              "speedup": speedups(results), "vq": vq_decode_time(vq), "limits": limits.to_json(),
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "wall_seconds": time.perf_counter() - start, "results": results,
-              "left_out": report_left_out}
-    for size in {r["suite"] for r in results} - {"bundled"}:
-        report.setdefault("speedup_by_suite", {})[size] = speedups(results, suite=size)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not args.quick:
-        report["plots"] = plot(results, out_dir, name)
-    suffix = "-quick" if args.quick else ""
-    (out_dir / f"{name}{suffix}.json").write_text(json.dumps(report, indent=1))
+              "machine": platform.machine(), "quick": args.quick, "cuda_graphs": graphs, "complete": False,
+              "vq": vq_decode_time(vq), "limits": limits.to_json()}
+    start = time.perf_counter()
+
+    def write_report(outcomes: dict[int, Outcome]) -> None:
+        """Rewritten after every group, so a run cut off part-way still leaves its results."""
+        results = [summarise(cases[i], o, limits) for i, o in sorted(outcomes.items()) if o.times]
+        report.update(speedup=speedups(results), results=results,
+                      left_out=[{"suite": cases[i].suite, "label": cases[i].label, "batch": cases[i].batch,
+                                 "cfg": cases[i].cfg, "reason": o.left_out}
+                                for i, o in sorted(outcomes.items()) if o.left_out],
+                      speedup_by_suite={size: speedups(results, suite=size)
+                                        for size in sorted({r["suite"] for r in results} - {"bundled"})},
+                      peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      wall_seconds=time.perf_counter() - start)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        if not args.quick and results:
+            report["plots"] = plot(results, out_path.parent, name)
+        atomic_write(out_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
+
+    outcomes = time_interleaved(cases, rounds, args.warmup, log, groups, write_report)
+    report["complete"] = True
+    write_report(outcomes)
+    results = report["results"]
     for r in results:
         log(f"{r['label']:>22} b={r['batch']:<3} cfg={'on ' if r['cfg'] else 'off'} steps={r['steps']:<4} "
             f"{r['latency_per_image_s'] * 1000:9.1f} ms/image  {r['images_per_s']:8.2f} img/s  "

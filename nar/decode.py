@@ -28,6 +28,7 @@ from typing import Iterator, Optional
 import torch
 
 from .config import SamplingConfig
+from .devices import wait_for_stream
 from .model import Transformer, may_attend
 from .sampling import cfg_combine, sample
 from .schedules import Schedule, stand_in_position
@@ -233,8 +234,8 @@ def decode_steps(model: Transformer, schedule: Schedule, class_ids: torch.Tensor
     for t, sp in enumerate(plan.steps):
         started = time.perf_counter()
         tokens, logits = run_step(model, state, t, sp, sampling, guided[t])
-        if sync and device.type == "cuda":
-            torch.cuda.synchronize(device)
+        if sync:
+            wait_for_stream(device)  # this request's stream only, not the whole device
         busy += time.perf_counter() - started
         yield StepRecord(step=t, num_steps=len(plan.steps), positions=sp.targets, tokens=tokens,
                          grid=state.grid, elapsed=busy,

@@ -165,6 +165,13 @@ def plot_sweep(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def set_precision(studio: Studio, dtype: str) -> None:
+    if dtype != "auto":
+        for loaded in studio.models.values():
+            if loaded is not None:
+                loaded.model.to(dtype=getattr(torch, dtype))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nar.eval", description="Judge the decoding orders' samples.")
     p.add_argument("--checkpoints", default=str(ROOT / "checkpoints"),
@@ -182,6 +189,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--sweep-cfg", default="", metavar="S1,S2,...",
                    help="also score every order at these CFG scales and plot them (assets/quality_vs_cfg.png)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="the transformers' precision (auto: bfloat16 on a GPU with native bf16, else float32)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     sampling = SamplingConfig(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
@@ -191,6 +200,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         for scale in scales:
             replace(sampling, cfg_scale=scale).validate()
         studio = Studio.from_pretrained(Path(args.checkpoints), args.device)
+        set_precision(studio, args.dtype)
         ref = load_reference(args.judge, args.data)
         orders = args.orders.split(",")
         samples_dir = Path(args.samples_dir) if args.samples_dir else None

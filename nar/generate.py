@@ -20,7 +20,8 @@ import torch
 from .checkpoint import CheckpointError
 from .classes import ClassPicker
 from .config import SamplingConfig
-from .loading import BUNDLED_DIR, HUB_PREFIX, load, pick_device
+from .devices import pick_device
+from .loading import BUNDLED_DIR, HUB_PREFIX, load
 from .pipeline import Studio
 from .render import save_gif, save_mp4, save_png, tile
 from .schedules import ORDERS

@@ -19,8 +19,35 @@ import torch
 
 from .config import SamplingConfig
 from .decode import StepRecord, check_request, guidance, new_state, plan_on, run_step
+from .devices import wait_for_stream
 from .model import Transformer
 from .schedules import Schedule
+
+
+class CaptureError(RuntimeError):
+    """Capturing the graphs failed; the half-built decode is already released.
+    out_of_memory: the cause was the GPU running out of memory (the case does not fit)."""
+
+    def __init__(self, message: str, out_of_memory: bool):
+        super().__init__(message)
+        self.out_of_memory = out_of_memory
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """An OOM, or an error raised while handling one: an OOM inside `torch.cuda.graph` makes its
+    exit call capture_end(), which can raise a different error with the OOM as its context."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, torch.cuda.OutOfMemoryError) or getattr(error, "out_of_memory", False) \
+                or "out of memory" in str(error).lower():
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def can_capture(device: torch.device) -> bool:
+    return device.type == "cuda"
 
 
 class GraphedDecode:
@@ -31,7 +58,7 @@ class GraphedDecode:
                  use_graphs: bool = True):
         self.model, self.schedule, self.sampling = model, schedule, sampling
         self.device = model.tok_embeddings.weight.device
-        self.use_graphs = use_graphs and self.device.type == "cuda"
+        self.use_graphs = use_graphs and can_capture(self.device)
         self.plan = plan_on(model.config.kind, schedule, str(self.device))
         probe_ids = torch.zeros(batch, dtype=torch.long)
         check_request(model, schedule, probe_ids, sampling)
@@ -40,7 +67,22 @@ class GraphedDecode:
         self.tokens: list[torch.Tensor] = []
         self.graphs: list[torch.cuda.CUDAGraph] = []
         if self.use_graphs:
-            self._capture()
+            failure = None
+            try:
+                self._capture()
+            except RuntimeError as e:   # torch.cuda.OutOfMemoryError is one
+                failure = (f"CUDA graph capture failed: {type(e).__name__}: {e}", is_out_of_memory(e))
+            if failure is not None:
+                # Out of the except block, so no traceback holds the half-built graphs' frames;
+                # the caller can empty the CUDA cache right away.
+                self.release()
+                raise CaptureError(*failure)
+
+    def release(self) -> None:
+        """Drop the graphs, their memory pool and the buffers (the object cannot run after)."""
+        self.graphs.clear()
+        self.tokens.clear()
+        self.state = None
 
     @torch.inference_mode()
     def _capture(self) -> None:
@@ -84,8 +126,8 @@ class GraphedDecode:
                 tokens = self.tokens[t]
             else:
                 tokens, _ = run_step(self.model, self.state, t, sp, self.sampling, self.guided[t])
-            if sync and self.use_graphs:
-                torch.cuda.synchronize(self.device)
+            if sync:
+                wait_for_stream(self.device)
             busy += time.perf_counter() - started
             yield StepRecord(step=t, num_steps=len(self.plan.steps), positions=sp.targets, tokens=tokens,
                              grid=self.state.grid, elapsed=busy)

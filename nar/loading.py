@@ -18,6 +18,7 @@ import torch
 from .checkpoint import (Checkpoint, CheckpointError, check_config_bounds, check_state_matches, class_names_of,
                          read_checkpoint)
 from .config import ModelConfig, VQConfig
+from .devices import pick_device, pick_dtype
 from .hub import HubError, hub_file
 from .names import NameTooLong, check_path_length, quoted, shown
 from .model import Transformer
@@ -27,20 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_DIR = ROOT / "checkpoints"
 KINDS = ("vq", "nar", "raster")     # the files of a folder: <kind>.safetensors
 HUB_PREFIX = "hf://"
-
-
-# -- device and precision ----------------------------------------------------------------------
-def pick_device(name: Optional[str] = None) -> torch.device:
-    if name and name != "auto":
-        return torch.device(name)
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def pick_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that support it (the reference sampling precision), fp32 elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 # -- what a load gives ---------------------------------------------------------------------------

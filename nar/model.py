@@ -13,6 +13,7 @@ decodes at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Optional
 
 import torch
@@ -196,10 +197,10 @@ class Transformer(nn.Module):
         return Features(right=right, below=h if self.has_below_head else None)
 
     def logits_right(self, h: torch.Tensor) -> torch.Tensor:
-        return self.output(self.norm(h)).float()
+        return head_logits(self.output, self.norm(h))
 
     def logits_below(self, h: torch.Tensor) -> torch.Tensor:
-        return self.medusa_output(self.medusa_norm(h)).float()
+        return head_logits(self.medusa_output, self.medusa_norm(h))
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.tok_embeddings(tokens)
@@ -250,6 +251,27 @@ class Transformer(nn.Module):
         logits[:, 1:, 0] = B_grid[:, :-1, 0]                 # first column: from above only
         logits[:, 1:, 1:] = (R_grid[:, 1:, :-1] + B_grid[:, :-1, 1:]) / 2
         return logits.reshape(bsz, n * n, vocab)
+
+
+def head_logits(proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """A head's logits in fp32, never rounded to a bf16 model's dtype: CFG amplifies that rounding
+    (scripts/heads_kl.py: it doubles KL(fp32 || bf16) of the guided distribution). On a GPU the
+    bf16 weights and inputs go through one bf16 x bf16 -> fp32 matmul (no extra weight memory)."""
+    if x.dtype == torch.float32:
+        return proj(x).float()   # .float(): under autocast the projection returns bf16
+    if x.is_cuda and not torch.is_grad_enabled() and _fp32_out_matmul(x.device):   # decoding
+        return torch.mm(x.reshape(-1, x.shape[-1]), proj.weight.t(), out_dtype=torch.float32).view(*x.shape[:-1], -1)
+    return F.linear(x.float(), proj.weight.float())   # the same product by upcasting (CPU: no such kernel)
+
+
+@lru_cache(maxsize=None)
+def _fp32_out_matmul(device: torch.device) -> bool:
+    """Whether this GPU's torch has the bf16 -> fp32 matmul (probed once, before any graph capture)."""
+    a = torch.ones(2, 8, dtype=torch.bfloat16, device=device)
+    try:
+        return torch.mm(a, a.t(), out_dtype=torch.float32).dtype == torch.float32
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
 
 
 # -- masks ----------------------------------------------------------------------------------

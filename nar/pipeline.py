@@ -21,7 +21,8 @@ import torch
 from .checkpoint import CheckpointError
 from .config import SamplingConfig
 from .decode import StepRecord, decode_steps
-from .loading import BUNDLED_DIR, LoadedModel, fit_problem, load_folder, pick_device, pick_dtype
+from .devices import pick_device, pick_dtype
+from .loading import BUNDLED_DIR, LoadedModel, fit_problem, load_folder
 from .render import compose_frame, to_uint8
 from .schedules import Schedule, make_schedule
 

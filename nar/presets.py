@@ -23,7 +23,8 @@ from .arch import stated_architecture
 from .checkpoint import CheckpointError
 from .classes import ClassPicker
 from .config import SamplingConfig
-from .loading import load, pick_device, resolve
+from .devices import pick_device
+from .loading import load, resolve
 from .pipeline import Studio
 
 LLAMAGEN = "FoundationVision/LlamaGen"

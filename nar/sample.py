@@ -38,7 +38,8 @@ from .checkpoint import CheckpointError, atomic_write, remove_stale_temp_files
 from .decode import generate
 from .generate import add_sampling_arguments, load_models, sampling_flags
 from .config import SamplingConfig
-from .loading import BUNDLED_DIR, pick_dtype
+from .devices import pick_dtype
+from .loading import BUNDLED_DIR
 from .train import default_device, dist_info, init_distributed
 
 SETTINGS_FILE = "sample.json"

@@ -84,8 +84,8 @@ def running_app(checkpoints: Path, timeout: float = 120.0, threads: Optional[int
 
 @pytest.fixture(scope="module")
 def app_url(tiny_checkpoints):
-    # --threads (not OMP_NUM_THREADS) keeps it to one thread; the device line must say so
-    with running_app(tiny_checkpoints["vq"].parent, threads=None, extra_args=("--threads", 1)) as url:
+    # --device cpu: the device line is checked; --threads (not OMP_NUM_THREADS) keeps it to one thread
+    with running_app(tiny_checkpoints["vq"].parent, threads=None, extra_args=("--threads", 1, "--device", "cpu")) as url:
         yield url
 
 

@@ -52,6 +52,121 @@ def test_cases_that_run_out_of_gpu_memory_are_left_out(make_model):
     model = make_model("nar", grid=4)
     cases = [Case("small", "s", model, "nar", None, 1, True), TooBig("big", "s", model, "nar", None, 64, True)]
     messages = []
-    times = time_interleaved(cases, rounds=2, warmup=1, progress=messages.append)
-    assert len(times[0]) == 2 and times[1] == []
+    outcomes = time_interleaved(cases, rounds=2, warmup=1, progress=messages.append)
+    assert len(outcomes[0].times) == 2 and outcomes[0].left_out is None
+    assert outcomes[1].times == [] and outcomes[1].left_out == "does not fit in GPU memory"
     assert any("does not fit" in m and "big" in m for m in messages)
+
+
+def graphed_cases(make_model, suites=("a", "b"), batches=(1, 2)):
+    from nar.bench import cases_for
+    nar_model, raster_model = make_model("nar", grid=4), make_model("raster", grid=4)
+    cases = []
+    for suite in suites:
+        cases += cases_for(suite, suite, nar_model, raster_model, batches, [True], graphs=True)
+    return cases
+
+
+def test_graphed_cases_are_grouped_by_suite_and_batch_and_by_free_memory(make_model):
+    from nar.bench import case_bytes, plan_groups
+    cases = graphed_cases(make_model)
+    groups = plan_groups(cases, free_bytes=None)
+    assert sorted(i for g in groups for i in g) == list(range(len(cases)))
+    assert [{(cases[i].suite, cases[i].batch) for i in g} for g in groups] == \
+        [{("a", 1)}, {("a", 2)}, {("b", 1)}, {("b", 2)}]
+    # free memory for about two of the largest cases: groups split, each within the budget
+    budget = max(case_bytes(c) for c in cases) * 2
+    small = plan_groups(cases, free_bytes=int(budget / 0.8) + 1)
+    assert sorted(i for g in small for i in g) == list(range(len(cases)))
+    assert all(sum(case_bytes(cases[i]) for i in g) <= budget for g in small)
+    assert all(len({(cases[i].suite, cases[i].batch) for i in g}) == 1 for g in small)
+    assert len(groups) < len(small) < len(cases)
+    assert plan_groups(cases, free_bytes=1) == [[i] for i in range(len(cases))]   # alone, even if too big
+    for case in cases:
+        case.graphs = False
+    assert plan_groups(cases, free_bytes=1) == [list(range(len(cases)))]           # eager: one group
+
+
+def test_each_group_is_freed_before_the_next(make_model, monkeypatch):
+    import nar.bench as bench
+    cases = graphed_cases(make_model, suites=("a",))
+    groups = bench.plan_groups(cases, free_bytes=None)
+    live, most, freed = set(), [0], []
+    build = bench.GraphedDecode
+
+    class Counted(build):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            live.add(id(self))
+            most[0] = max(most[0], len(live))
+
+        def release(self):
+            live.discard(id(self))
+            super().release()
+
+    monkeypatch.setattr(bench, "GraphedDecode", Counted)
+    monkeypatch.setattr(bench, "free_memory", lambda device: freed.append(len(live)))
+    written = []
+    outcomes = bench.time_interleaved(cases, rounds=2, warmup=1, progress=lambda m: None, groups=groups,
+                                      group_done=lambda o: written.append(sorted(o)))
+    assert most[0] == max(len(g) for g in groups) < len(cases)   # never more than one group at a time
+    assert freed == [0] * len(groups) and not live                 # each group released, then freed
+    assert written == [sorted(sum(groups[:k + 1], [])) for k in range(len(groups))]
+    assert all(len(o.times) == 2 for o in outcomes.values())
+
+
+@pytest.mark.parametrize("failure", ["oom", "oom then capture_end", "other"])
+def test_a_failed_capture_is_released_reported_and_the_run_goes_on(make_model, monkeypatch, failure):
+    """As on a GPU: GraphedDecode captures while warming up; here the capture fails."""
+    import weakref
+    import nar.bench as bench
+    import nar.graphs as graphs
+    buffers = []
+
+    def failing_capture(self):
+        pool_tensor = torch.zeros(1000)           # stands in for the half-built graph pool
+        self.tokens.append(pool_tensor)
+        buffers.append(weakref.ref(pool_tensor))
+        buffers.append(weakref.ref(self.state.caches[0].k))
+        if failure == "other":
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        try:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        finally:
+            if failure == "oom then capture_end":   # torch.cuda.graph's exit calls capture_end()
+                raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+    monkeypatch.setattr(graphs, "can_capture", lambda device: True)
+    monkeypatch.setattr(graphs.GraphedDecode, "_capture", failing_capture)
+    alive_when_freed = []
+    monkeypatch.setattr(bench, "free_memory",
+                        lambda device: alive_when_freed.append([b() is not None for b in buffers]))
+    cases = graphed_cases(make_model, suites=("a",), batches=(1,))[:2]
+    outcomes = bench.time_interleaved(cases, rounds=2, warmup=1, progress=lambda m: None)
+    assert all(o.times == [] for o in outcomes.values())
+    expected = "does not fit in GPU memory" if failure != "other" else "CUDA graph capture failed"
+    assert all(o.left_out.startswith(expected) for o in outcomes.values())
+    # freed after each failed case (and once after the group); nothing half-built was alive by then
+    assert alive_when_freed and all(not any(alive) for alive in alive_when_freed)
+
+
+def test_bench_writes_results_as_it_goes_and_not_into_benchmarks(tiny_checkpoints, tmp_path, monkeypatch):
+    import nar.bench as bench
+    folder = Path(tiny_checkpoints["nar"]).parent
+    snapshots = []
+    real = bench.time_interleaved
+
+    def spy(cases, rounds, warmup, progress, groups, group_done):
+        def after_group(outcomes):
+            group_done(outcomes)
+            snapshots.append(json.loads(next(tmp_path.glob("*-quick.json")).read_text()))
+        return real(cases, rounds, warmup, progress, [[0, 1], [2, 3]], after_group)
+
+    monkeypatch.setattr(bench, "time_interleaved", spy)
+    bench.main(["--quick", "--checkpoints", str(folder), "--out-dir", str(tmp_path)])
+    assert [len(s["results"]) for s in snapshots] == [2, 4] and not any(s["complete"] for s in snapshots)
+    final = json.loads(next(tmp_path.glob("*-quick.json")).read_text())
+    assert final["complete"] and len(final["results"]) == 4 and final["cuda_graphs"] is False
+    assert all(r["cuda_graphs"] is False for r in final["results"])
+    parser_default = bench.ROOT / "runs" / "bench"
+    assert "benchmarks" not in str(parser_default)

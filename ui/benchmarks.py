@@ -49,17 +49,17 @@ def measure(studio: Studio, request: MeasureRequest, cfg: bool = True,
         if progress:
             progress(done / total, message)
         done += 1
-    times = time_interleaved(cases, request.rounds, warmup=1, progress=report)
+    outcomes = time_interleaved(cases, request.rounds, warmup=1, progress=report)
     results = []
     for i, case in enumerate(cases):
-        if not times[i]:      # did not fit in GPU memory
+        if not outcomes[i].times:      # did not fit in GPU memory
             continue
-        median = float(statistics.median(times[i]))
+        median = float(statistics.median(outcomes[i].times))
         results.append({"suite": "measured", "label": case.order + (f"-{case.window}" if case.window else ""),
                         "order": case.order, "window": case.window, "model": case.model.config.kind,
                         "batch": case.batch, "cfg": bool(cfg), "steps": case.steps, "latency_median_s": median,
                         "latency_per_image_s": median / case.batch, "images_per_s": case.batch / median,
-                        "rounds": request.rounds})
+                        "rounds": request.rounds, "cuda_graphs": case.graphs})
     if progress:
         progress(1.0, "done")
     return results
