@@ -1,5 +1,6 @@
-"""Model management for the Model tab: loading checkpoints from uploads or the Hub (all of one
-request or none), going back to the startup checkpoints, and describing the active models."""
+"""Model management for the Model tab over one Studio (the server's, or a session's own copy):
+loading checkpoints from uploads or the Hub (all of one request or none), going back to the startup
+checkpoints, and describing the active models and the classes each order knows."""
 from __future__ import annotations
 
 import os
@@ -32,12 +33,21 @@ class Models:
         self._lock = threading.Lock()
 
     # -- facts for the UI ---------------------------------------------------------------------
-    def class_names(self) -> list[str]:
-        for kind in ("nar", "raster"):
-            loaded = self.studio.models.get(kind)
-            if loaded is not None:
-                return list(loaded.class_names)
-        return []
+    def class_names(self, orders: Sequence[str] = ()) -> list[str]:
+        """The classes every model of `orders` knows (the NAR model's order), or with no orders
+        the NAR model's (else the raster model's): a class list offers only what will decode."""
+        kinds = [("nar" if o == "nar" else "raster") for o in orders] or \
+            [next((k for k in ("nar", "raster") if self.studio.models.get(k) is not None), "nar")]
+        lists = [self.studio.models.get(k) for k in dict.fromkeys(kinds)]
+        if any(loaded is None for loaded in lists):
+            return []
+        known = set.intersection(*(set(loaded.class_names) for loaded in lists))
+        return [name for name in lists[0].class_names if name in known]
+
+    def inferred_heads(self) -> list[str]:
+        """The models whose head count was inferred (dim / 64), for a warning."""
+        return [kind for kind, loaded in self.studio.models.items()
+                if loaded is not None and loaded.head_count_inferred]
 
     def grid_size(self) -> int:
         return int(self.studio.vq.cfg.grid_size)
