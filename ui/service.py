@@ -52,7 +52,8 @@ class Service:
         if registry is None:
             if studio is None:
                 raise ValueError("give a Studio or a ModelRegistry")
-            reload = (lambda: folder_models(checkpoint_dir, str(studio.device))) if checkpoint_dir else None
+            device = str(studio.device)      # the reload must not keep the old Studio alive
+            reload = (lambda: folder_models(checkpoint_dir, device)) if checkpoint_dir else None
             registry = ModelRegistry([SharedModels(BUNDLED, studio, reload)])
         self.registry = registry
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
@@ -129,7 +130,7 @@ class Service:
         size (down to one image, then a message), and the server keeps serving."""
         pace = frame_seconds(min_frame_seconds)
         studio = self.studio_for(session)
-        note = ""
+        note, asked = "", request.num_images
         while True:
             try:
                 if zerogpu.active():
@@ -148,7 +149,7 @@ class Service:
                 half = request.num_images // 2
                 log.warning("generate: %d images did not fit in device memory; decoding %d", request.num_images,
                             half)
-                note = f"(did not fit in device memory at {request.num_images} images: decoded {half}) "
+                note = f"(did not fit in device memory at {asked} images: decoded {half}) "
                 request = dataclasses.replace(request, num_images=half,
                                               class_ids={o: t[:half] for o, t in request.class_ids.items()})
 
