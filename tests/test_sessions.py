@@ -144,12 +144,13 @@ def test_presets_by_name_and_the_admin_replacing_the_servers_models(tiny_checkpo
         # a visitor loads the preset for their page: ImageNet names, its sampling defaults
         out = x.predict("NAR-B", "dog", "dog", 2, 2, api_name="/use_model_set")
         assert out[0].startswith("Loaded preset NAR-B for this page") and "Classes (1000):** 0 tench" in out[2]
-        assert out[3] == "0 tench" and out[-5:] == [2.0, 0, 1.0, 1.0, 2.0]   # CFG 2.0, top-k off
+        assert out[3]["value"] == "0 tench" and "207 golden retriever" in [c[0] for c in out[3]["choices"]]
+        assert [u["value"] for u in out[-5:]] == [2.0, 0, 1.0, 1.0, 2.0]   # CFG 2.0, top-k off
         result = generate(x, cls="golden retriever", seed=3)
         assert result[2][0]["caption"] == "207 golden retriever, seed 3"
         assert generate(x, cls="207", seed=3)[1].startswith("NAR · done: 7 steps")
         race = x.predict("207 golden retriever", 1, 2, 2.0, 0.0, api_name="/compare")
-        assert [row[0] for row in race[6]["data"]] == ["Raster", "ZipAR", "NAR"]
+        assert [row[0] for row in race[6]["data"]] == ["Raster", "ZipAR (window 2)", "NAR"]
         assert race[3].startswith("Raster · done: 16 steps") and race[5].startswith("NAR · done: 7 steps")
         assert "Classes (3)" in client(url).predict(api_name="/model_info")[1]   # nobody else sees it
         # the admin: a wrong login changes nothing; the right one replaces the defaults for new pages
