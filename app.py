@@ -88,15 +88,19 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--runs-dir", type=Path, default=Path(os.environ.get("NAR_STUDIO_RUNS_DIR") or RUNS),
                    help="folder for the Train tab's fine-tuning runs (default: $NAR_STUDIO_RUNS_DIR or "
                         "runs/finetune; created at start)")
-    p.add_argument("--preset", action="append", default=[], metavar="NAME",
+    presets = [n.strip() for n in os.environ.get("NAR_STUDIO_PRESETS", "").split(",") if n.strip()]
+    p.add_argument("--preset", action="append", default=presets, metavar="NAME",
                    help="serve a preset of the official models (nar/presets.py: NAR-B, ...) instead of the bundled "
-                        "checkpoints; repeatable, the first is the default; 'bundled' names the checkpoints folder")
+                        "checkpoints; repeatable, the first is the default; 'bundled' names the checkpoints folder "
+                        "(default: $NAR_STUDIO_PRESETS, comma-separated)")
     p.add_argument("--session-models", type=int, default=DEFAULT_SESSION_MODELS,
                    help="visitors' own models (loaded or fine-tuned) held at once; the least recently used is "
                         f"dropped first and its visitor told so; 0 keeps none (default {DEFAULT_SESSION_MODELS})")
     p.add_argument("--lock-models", action="store_true",
+                   default=os.environ.get("NAR_STUDIO_LOCK_MODELS", "").lower() in ("1", "true", "yes"),
                    help="turn the Model and Train tabs off for visitors (they generate and compare with the "
-                        "server's models; the admin of $NAR_STUDIO_ADMIN may still replace them)")
+                        "server's models; the admin of $NAR_STUDIO_ADMIN may still replace them; default: "
+                        "$NAR_STUDIO_LOCK_MODELS=1)")
     return p.parse_args(argv)
 
 
