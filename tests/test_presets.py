@@ -24,7 +24,7 @@ from nar.loading import load
 from nar.presets import PRESETS, Preset, get_preset, load_preset
 from nar.schedules import make_schedule
 from nar.vq import VQModel
-from official_cache import build_official_cache, small_official_model, small_preset
+from official_cache import build_official_cache, small_official_model, small_official_vq, small_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -84,6 +84,11 @@ def test_a_visitors_load_is_theirs_alone(tiny_checkpoints, five_classes, tmp_pat
         assert status[0] == "Loaded nar model from five.safetensors." and "Classes (5)" in status[2]
         assert "your own models" in status[2]
         assert "done: 7 steps" in generate(a, cls="e", seed=1)[1]
+        # each order offers only the classes its model knows: Compare and raster lack "e"
+        assert [c[0] for c in status[3]["choices"]] == list("abcde")
+        assert [c[0] for c in status[4]["choices"]] == []          # no class both models know
+        raster = a.predict("raster", "e", api_name="/order_classes")
+        assert [c[0] for c in raster["choices"]] == ["cat", "dog", "sun"] and raster["value"] == "cat"
         # the raster model never learned "e": Compare says so before decoding
         with pytest.raises(AppError, match=r"the raster model \(the raster and ZipAR orders\) does not know "
                                            r"class 'e'"):

@@ -138,6 +138,7 @@ class Context:
             w = max(1, min(int(cmp_window), grid))
         except (TypeError, ValueError):
             w = 8
-        return (table, classes, self.class_update(models, gen_class), self.class_update(models, cmp_class, COMPARE_ORDERS),
+        return (table, classes, self.class_update(models, gen_class),
+                self.class_update(models, cmp_class, COMPARE_ORDERS),
                 self.window_update(models, gen_window), self.window_update(models, cmp_window),
                 plots.steps_figure(grid, max(1, min(w, grid))), self.device_line(models))

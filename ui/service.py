@@ -191,8 +191,9 @@ class Service:
         orders = COMPARE_ORDERS if kind == "compare" else (request.order,)
         steps = sum(len(studio.schedule(o, request.window)) for o in orders)
         tokens = len(orders) * int(studio.vq.cfg.grid_size) ** 2
-        own = (studio.vq, studio.models.get("nar"), studio.models.get("raster")) \
-            if isinstance(entry, OwnModels) else None
+        # a worker forked at start-up holds the start-up model sets: anything else travels with the job
+        travels = isinstance(entry, OwnModels) or self.registry.generation > 0
+        own = (studio.vq, studio.models.get("nar"), studio.models.get("raster")) if travels else None
         job = DecodeJob(kind, request, None if own else entry.name, own, write_mp4, steps)
         updates = zerogpu.collect_on_gpu(job, zerogpu.decode_seconds(request.num_images, steps, tokens))
         shown = None

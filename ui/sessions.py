@@ -78,6 +78,7 @@ class ModelRegistry:
         self._evicted: OrderedDict[str, str] = OrderedDict()  # session -> what was dropped
         self._lock = threading.RLock()
         self.replacing = False
+        self.generation = 0       # admin replacements (a GPU worker forked before holds the old sets)
 
     # -- looking up ---------------------------------------------------------------------------
     @property
@@ -209,5 +210,6 @@ class ModelRegistry:
             self._shared = {s.name: s for s in new}
             self.default = new[0].name
             self.replacing = False
+            self.generation += 1
             return list(self._shared)
 
