@@ -39,7 +39,7 @@ from ui.service import Service
 from ui.sessions import DEFAULT_SESSION_MODELS, ModelRegistry
 from ui.stream import warm_up
 from ui.training import TrainingService
-from ui.zerogpu import startup_device
+from ui.zerogpu import active as zerogpu_active, startup_device
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINTS = ROOT / "checkpoints"
@@ -144,7 +144,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         training = TrainingService(service, args.runs_dir)
     except OSError as e:
         sys.exit(f"error: cannot create the runs folder {args.runs_dir}: {e}")
-    warm_up(service.studio)
+    if not zerogpu_active():   # on ZeroGPU the main process has no GPU: the first GPU call pays instead
+        warm_up(service.studio)
     demo = build_app(service, args.benchmarks, args.concurrency, training, lock_models=args.lock_models)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     demo.launch(**launch_options(args, service.out_dir, auth))

@@ -15,6 +15,7 @@ from nar.loading import KINDS, LoadedModel, from_checkpoint, resolve, validate_r
 from nar.names import quoted
 from nar.pipeline import Studio
 
+from . import zerogpu
 from .requests import MAX_NAME_CHARS, parse_grid
 
 MAX_LOAD_FILES = 3              # a tokenizer, a NAR and a raster model
@@ -60,6 +61,8 @@ class Models:
 
     def device_label(self) -> str:
         device = self.studio.device
+        if device.type == "cuda" and zerogpu.active():   # no GPU to ask in the main process there
+            return "ZeroGPU (cuda, lent per request)"
         if device.type == "cuda":
             return f"{device} ({torch.cuda.get_device_name(device)})"
         threads = torch.get_num_threads()
