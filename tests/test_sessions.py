@@ -151,6 +151,9 @@ def test_presets_by_name_and_the_admin_replacing_the_servers_models(tiny_checkpo
         assert out[0].startswith("Loaded preset NAR-B for this page") and "Classes (1000):** 0 tench" in out[2]
         assert out[3]["value"] == "0 tench" and "207 golden retriever" in [c[0] for c in out[3]["choices"]]
         assert [u["value"] for u in out[-5:]] == [2.0, 0, 1.0, 1.0, 2.0]   # CFG 2.0, top-k off
+        info = x.predict("NAR-B", api_name="/preset_info")
+        assert "chenfeng1271/NAR-imagenet-256-B/last_version.pt" in info and "522 MB" in info
+        assert "FoundationVision/LlamaGen/c2i_B_256.pt" in info and "NAR CFG 2.0" in info
         result = generate(x, cls="golden retriever", seed=3)
         assert result[2][0]["caption"] == "207 golden retriever, seed 3"
         assert generate(x, cls="207", seed=3)[1].startswith("NAR · done: 7 steps")
@@ -255,3 +258,16 @@ def test_only_the_visitor_who_started_a_run_cancels_it(tiny_checkpoints, tmp_pat
     finally:
         stop.set()
         alive.join()
+
+
+def test_an_inferred_head_count_is_shown(tiny_checkpoints, tmp_path):
+    from official_cache import small_official_model, small_official_vq, torch_bytes
+    from ui.context import Context
+    (tmp_path / "c2i_B_256.pt").write_bytes(torch_bytes(tmp_path, "n.pt", small_official_model("raster", 1).state_dict()))
+    (tmp_path / "vq_ds16_c2i.pt").write_bytes(torch_bytes(tmp_path, "v.pt", small_official_vq().state_dict()))
+    service = bundled_service(tiny_checkpoints, tmp_path)
+    service.load("v", [str(tmp_path / "c2i_B_256.pt"), str(tmp_path / "vq_ds16_c2i.pt")], grid_size=4)
+    table, text = Context(service, None, tmp_path).model_view(service.models_for("v"), "v")
+    assert "**Head count inferred** (dim / 64) for the raster model" in text
+    assert "2 (inferred: dim / 64)" in str(table["value"])
+    assert "Head count inferred" not in Context(service, None, tmp_path).model_view(service.models, None)[1]

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import random_model
 from nar.checkpoint import save_transformer
@@ -89,6 +90,8 @@ def test_models_go_to_cuda_at_start_up_on_zerogpu(monkeypatch):
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     assert zerogpu.active() and zerogpu.startup_device("auto") == "cuda" and zerogpu.startup_device(None) == "cuda"
     assert zerogpu.startup_device("cpu") == "cpu"
+    from ui.models import Models      # the main process never asks the (absent) GPU for its name
+    assert Models(types.SimpleNamespace(device=torch.device("cuda"))).device_label().startswith("ZeroGPU")
     monkeypatch.delenv("SPACES_ZERO_GPU")
     assert not zerogpu.active() and zerogpu.startup_device("auto") == "auto"
     # NAR-B's 16 x 16 grid: 31 steps, 256 tokens per image
