@@ -263,7 +263,8 @@ def test_only_the_visitor_who_started_a_run_cancels_it(tiny_checkpoints, tmp_pat
 def test_an_inferred_head_count_is_shown(tiny_checkpoints, tmp_path):
     from official_cache import small_official_model, small_official_vq, torch_bytes
     from ui.context import Context
-    (tmp_path / "c2i_B_256.pt").write_bytes(torch_bytes(tmp_path, "n.pt", small_official_model("raster", 1).state_dict()))
+    raster = small_official_model("raster", 1).state_dict()
+    (tmp_path / "c2i_B_256.pt").write_bytes(torch_bytes(tmp_path, "n.pt", raster))
     (tmp_path / "vq_ds16_c2i.pt").write_bytes(torch_bytes(tmp_path, "v.pt", small_official_vq().state_dict()))
     service = bundled_service(tiny_checkpoints, tmp_path)
     service.load("v", [str(tmp_path / "c2i_B_256.pt"), str(tmp_path / "vq_ds16_c2i.pt")], grid_size=4)

@@ -367,8 +367,9 @@ class TrainingService:
         names = loaded.class_names
         step = header(best)[1].get("step", "?")
         return (f"The NAR model is now fine-tuned run {best.parent.name} (step {step}; {len(names)} classes: "
-                f"{', '.join(names[:20])}{' …' if len(names) > 20 else ''}). The Generate and Compare tabs of this page "
-                f"use it (other visitors keep theirs); **Back to the server's models** in the Model tab undoes this.")
+                f"{', '.join(names[:20])}{' …' if len(names) > 20 else ''}). The Generate and Compare tabs of this "
+                f"page use it (other visitors keep theirs); **Back to the server's models** in the Model tab undoes "
+                f"this.")
 
 
 def training_studio(studio: Studio) -> Studio:
