@@ -21,7 +21,7 @@ from nar.config import ModelConfig, VQConfig
 from nar.decode import generate
 from nar.model import Transformer
 from nar.loading import load
-from nar.presets import PRESETS, Preset, get_preset, load_preset
+from nar.presets import PRESETS, get_preset, load_preset
 from nar.schedules import make_schedule
 from nar.vq import VQModel
 from official_cache import build_official_cache, small_official_model, small_official_vq, small_preset
