@@ -6,14 +6,20 @@ race it against raster and ZipAR decoding of the same class and seed, and teach 
     python app.py --runs-dir /data/runs        # where the Train tab keeps its runs (default runs/finetune)
     NAR_STUDIO_AUTH=alice:secret python app.py --host 0.0.0.0   # on the network, behind a password
     GRADIO_SERVER_NAME=0.0.0.0 python app.py   # Gradio's own environment variables work too
+    python app.py --preset NAR-B               # the official NAR-B and LlamaGen-B from the Hub (repeatable)
+    NAR_STUDIO_ADMIN=admin:secret python app.py --lock-models   # a public server: visitors only generate
 
 The UI is the `ui` package beside this file (the only code that imports gradio; one module per
 tab, ui/layout.py puts them together); the library `nar/` does the work. On Hugging Face ZeroGPU
-the decoding handlers run under `spaces.GPU`.
+the decodes run under `spaces.GPU` (ui/zerogpu.py), which must be imported before torch.
 """
 from __future__ import annotations
 
-import argparse
+from ui.zerogpu import import_spaces
+
+import_spaces()   # before anything touches torch's CUDA state (ZeroGPU requires it)
+
+import argparse  # noqa: E402
 import atexit
 import logging
 import os
@@ -28,9 +34,12 @@ from starlette.middleware import Middleware
 from nar.checkpoint import CheckpointError
 from ui.layout import CSS, build_app, theme
 from ui.server import AUTH_ENV, BodyLimit, exposure_warning, parse_auth, resolve_host, tune_allocator
+from ui.server_models import shared_loader
 from ui.service import Service
+from ui.sessions import DEFAULT_SESSION_MODELS, ModelRegistry
 from ui.stream import warm_up
 from ui.training import TrainingService
+from ui.zerogpu import active as zerogpu_active, startup_device
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINTS = ROOT / "checkpoints"
@@ -79,6 +88,19 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--runs-dir", type=Path, default=Path(os.environ.get("NAR_STUDIO_RUNS_DIR") or RUNS),
                    help="folder for the Train tab's fine-tuning runs (default: $NAR_STUDIO_RUNS_DIR or "
                         "runs/finetune; created at start)")
+    presets = [n.strip() for n in os.environ.get("NAR_STUDIO_PRESETS", "").split(",") if n.strip()]
+    p.add_argument("--preset", action="append", default=presets, metavar="NAME",
+                   help="serve a preset of the official models (nar/presets.py: NAR-B, ...) instead of the bundled "
+                        "checkpoints; repeatable, the first is the default; 'bundled' names the checkpoints folder "
+                        "(default: $NAR_STUDIO_PRESETS, comma-separated)")
+    p.add_argument("--session-models", type=int, default=DEFAULT_SESSION_MODELS,
+                   help="visitors' own models (loaded or fine-tuned) held at once; the least recently used is "
+                        f"dropped first and its visitor told so; 0 keeps none (default {DEFAULT_SESSION_MODELS})")
+    p.add_argument("--lock-models", action="store_true",
+                   default=os.environ.get("NAR_STUDIO_LOCK_MODELS", "").lower() in ("1", "true", "yes"),
+                   help="turn the Model and Train tabs off for visitors (they generate and compare with the "
+                        "server's models; the admin of $NAR_STUDIO_ADMIN may still replace them; default: "
+                        "$NAR_STUDIO_LOCK_MODELS=1)")
     return p.parse_args(argv)
 
 
@@ -90,12 +112,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
     folder = args.checkpoints.expanduser().resolve()
     missing = missing_checkpoints(folder)
-    if missing:
+    if missing and (not args.preset or "bundled" in args.preset):
         sys.exit(HOW_TO_GET.format(folder=folder, missing=", ".join(missing)))
     if args.concurrency < 1:
         sys.exit("--concurrency must be at least 1")
     if args.queue_size < 1 or args.max_sessions < 1:
         sys.exit("--queue-size and --max-sessions must be at least 1")
+    if args.session_models < 0:
+        sys.exit("--session-models must be 0 or more")
     if args.threads is not None:
         if not 1 <= args.threads <= 1024:
             sys.exit("--threads must be between 1 and 1024")
@@ -108,17 +132,21 @@ def main(argv: Optional[list[str]] = None) -> None:
     logging.getLogger("nar").setLevel(logging.INFO)
     tune_allocator()   # before any thread starts: keeps the RSS of a long-running server flat
 
+    device = startup_device(args.device)     # cuda on ZeroGPU: the main process sees no GPU there
+    names = list(dict.fromkeys(args.preset or ["bundled"]))
     try:
-        service = Service.from_folder(folder, device=args.device)
+        shared = [shared_loader(name, None if missing else folder, device)() for name in names]
     except (CheckpointError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: cannot load the checkpoints in {folder}: {e}")
+        sys.exit(f"error: cannot load the server's models ({', '.join(names)}): {e}")
+    service = Service(registry=ModelRegistry(shared, args.session_models), checkpoint_dir=None if missing else folder)
     atexit.register(shutil.rmtree, service.out_dir, ignore_errors=True)
     try:
         training = TrainingService(service, args.runs_dir)
     except OSError as e:
         sys.exit(f"error: cannot create the runs folder {args.runs_dir}: {e}")
-    warm_up(service.studio)
-    demo = build_app(service, args.benchmarks, args.concurrency, training)
+    if not zerogpu_active():   # on ZeroGPU the main process has no GPU: the first GPU call pays instead
+        warm_up(service.studio)
+    demo = build_app(service, args.benchmarks, args.concurrency, training, lock_models=args.lock_models)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     demo.launch(**launch_options(args, service.out_dir, auth))
 

@@ -105,6 +105,10 @@ def init_distributed() -> None:
 
 
 def default_device() -> torch.device:
+    """The GPU when there is one; NAR_TRAIN_DEVICE names another (the app on ZeroGPU trains on the
+    CPU: its GPU is lent per request, never to a background thread)."""
+    if os.environ.get("NAR_TRAIN_DEVICE"):
+        return torch.device(os.environ["NAR_TRAIN_DEVICE"])
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")

@@ -55,11 +55,12 @@ def wait_until_serving(proc: subprocess.Popen, url: str, timeout: float, read_lo
 
 
 @contextlib.contextmanager
-def running_app(checkpoints: Path, timeout: float = 120.0, threads: Optional[int] = 1, extra_args=()):
+def running_app(checkpoints: Path, timeout: float = 120.0, threads: Optional[int] = 1, extra_args=(),
+                env: Optional[dict] = None):
     """`python app.py --checkpoints DIR [extra_args]` on a free loopback port; yields its URL.
     One torch thread by default: the tiny models gain nothing from more, and CI shares two cores."""
     port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1", **(env or {}))
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     log = tempfile.TemporaryFile("w+")

@@ -5,7 +5,6 @@ and file names, holding small random weights saved the way the official files ar
 real preset's architecture is checked on the meta device against the key layout and shapes the
 official model code (NAR-images and LlamaGen `autoregressive/models/gpt.py`) gives for that size.
 """
-import dataclasses
 import json
 import os
 import subprocess
@@ -22,10 +21,10 @@ from nar.config import ModelConfig, VQConfig
 from nar.decode import generate
 from nar.model import Transformer
 from nar.loading import load
-from nar.presets import PRESETS, Preset, get_preset, load_preset
+from nar.presets import PRESETS, get_preset, load_preset
 from nar.schedules import make_schedule
 from nar.vq import VQModel
-from test_checkpoint import build_hub_cache
+from official_cache import build_official_cache, small_official_model, small_official_vq, small_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,50 +63,11 @@ def test_picker_search_and_other_models():
     assert emoji.lookup("dog") == 1 and emoji.lookup("2") == 2 and emoji.search("s") == ["sun"]
 
 
-# -- small weights in the official layouts ----------------------------------------------------
-SMALL = dict(dim=128, n_layer=2, n_head=4, vocab_size=64, grid_size=4, num_classes=1000)
-
-
-def small_official_model(kind: str, seed: int) -> Transformer:
-    torch.manual_seed(seed)
-    model = Transformer(ModelConfig(kind=kind, **SMALL))
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.2)
-    return model.eval()
-
-
-def small_official_vq() -> VQModel:
-    # VQ-16's five levels (downsample 16), narrow: 64 px images -> 4 x 4 tokens
-    torch.manual_seed(2)
-    return VQModel(VQConfig(codebook_size=64, codebook_embed_dim=8, base_channels=32, z_channels=32,
-                            num_res_blocks=1, image_size=64)).eval()
-
-
-def torch_bytes(tmp_path: Path, name: str, state_dict) -> bytes:
-    path = tmp_path / name
-    torch.save({"model": state_dict}, path)   # the official files keep their tensors under "model"
-    return path.read_bytes()
-
-
-def small_preset(name: str) -> Preset:
-    """The real preset's Hub files and sampling, with the small architecture."""
-    real = get_preset(name)
-    return dataclasses.replace(real, arch={k: SMALL[k] for k in ("n_layer", "dim", "n_head")},
-                               grid_size=SMALL["grid_size"], vocab_size=SMALL["vocab_size"])
-
-
+# -- small weights in the official layouts (tests/official_cache.py) ---------------------------
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory):
     """A local Hub cache holding NAR-B's three files (small random weights) under their real names."""
-    tmp = tmp_path_factory.mktemp("official")
-    cache = tmp / "hub"
-    nar, raster, vq = small_official_model("nar", 0), small_official_model("raster", 1), small_official_vq()
-    preset = get_preset("NAR-B")
-    build_hub_cache(cache, preset.nar.repo, {preset.nar.file: torch_bytes(tmp, "nar.pt", nar.state_dict())})
-    build_hub_cache(cache, preset.vq.repo, {preset.vq.file: torch_bytes(tmp, "vq.pt", vq.state_dict()),
-                                           preset.raster.file: torch_bytes(tmp, "raster.pt", raster.state_dict())},
-                    commit="b" * 40)
-    return {"cache": cache, "nar": nar, "raster": raster, "vq": vq}
+    return build_official_cache(tmp_path_factory.mktemp("official"))
 
 
 def test_preset_loads_from_the_cache_and_races_both_orders(hub_cache, monkeypatch):

@@ -254,7 +254,10 @@ def test_cancel_resume_and_a_second_user_is_told_the_server_is_busy(client, app_
     # generation keeps serving while the run trains
     assert "done: 7 steps" in generate(other, cls="dog", seed=3).result(timeout=120)[1]
     assert not job.done()
-    # cancel: stops cleanly and keeps the checkpoint
+    # cancel: only the visitor who started it may; it stops cleanly and keeps the checkpoint
+    with pytest.raises(AppError, match="started by another visitor; only they can cancel it"):
+        other.predict(run_id, api_name="/train_cancel")
+    assert not job.done()
     assert "Cancelling run" in client.predict(run_id, api_name="/train_cancel")
     status, bar, plot, preview, files, runs, rid, info = job.result(timeout=120)
     assert info["status"] == "cancelled" and "Cancelled" in status and rid == run_id

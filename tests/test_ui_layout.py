@@ -6,7 +6,8 @@ import pytest
 API_NAMES = {"random_seed", "order_changed", "generate", "stop_generate", "random_seed_compare", "compare",
              "stop_compare", "steps_plot", "benchmark_plot", "measure", "load_from_hub", "load_upload",
              "reset_models", "train_scan", "train", "train_resume", "train_cancel", "train_status",
-             "train_download", "train_use", "model_info", "benchmark_files", "train_runs"}
+             "train_download", "train_use", "model_info", "benchmark_files", "train_runs",
+             "preset_info", "use_model_set", "admin_replace", "order_classes"}
 
 
 @pytest.fixture(scope="module")

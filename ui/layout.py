@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 import gradio as gr
 
-from . import tab_compare, tab_generate, tab_model, tab_train
+from . import tab_compare, tab_generate, tab_model, tab_train, zerogpu
 from .context import Context
 from .inputs import Blocks
 from .service import Service
@@ -46,9 +46,12 @@ def theme():
                              font_mono=mono)
 
 
-def build_app(service: Service, benchmarks: Path, concurrency: int, training: TrainingService) -> gr.Blocks:
-    """The Gradio Blocks of the app over a Service, and a TrainingService for the Train tab."""
-    ctx = Context(service, training, Path(benchmarks), concurrency)
+def build_app(service: Service, benchmarks: Path, concurrency: int, training: TrainingService,
+              lock_models: bool = False) -> gr.Blocks:
+    """The Gradio Blocks of the app over a Service, and a TrainingService for the Train tab;
+    `lock_models` turns the Model and Train tabs off for visitors."""
+    ctx = Context(service, training, Path(benchmarks), concurrency, lock_models=lock_models)
+    zerogpu.serve(service)      # the GPU call is decorated before launch
     tabs = {"generate": tab_generate, "compare": tab_compare, "model": tab_model, "train": tab_train}
     titles = {"generate": "Generate", "compare": "Compare", "model": "Model", "train": "Train"}
     with Blocks(title="NAR Studio", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
@@ -56,11 +59,14 @@ def build_app(service: Service, benchmarks: Path, concurrency: int, training: Tr
         ctx.tabs["header"] = gr.Markdown(ctx.device_line(), elem_id="header")
         with gr.Tabs():
             for name, module in tabs.items():
-                with gr.Tab(titles[name], id=name):
+                with gr.Tab(titles[name], id=name, visible=not (lock_models and name in ("model", "train"))):
                     ctx.tabs[name] = module.build(ctx)
         for name, module in tabs.items():
             module.wire(ctx, ctx.tabs[name])
         compare, train = ctx.tabs["compare"], ctx.tabs["train"]
+        generate = ctx.tabs["generate"]
+        generate.order.change(ctx.order_classes, [generate.order, generate.cls], generate.cls,
+                              api_name="order_classes", api_visibility="undocumented", **ctx.light)
         # another session may have swapped models, or python -m nar.bench written files, since the page was built
         demo.load(ctx.refresh, ctx.view_inputs(), ctx.view_outputs(), api_name="model_info", **ctx.light)
         demo.load(compare.refresh_benchmarks, compare.bench_pick, [compare.bench_pick, compare.lat_fig,

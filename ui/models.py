@@ -1,5 +1,6 @@
-"""Model management for the Model tab: loading checkpoints from uploads or the Hub (all of one
-request or none), going back to the startup checkpoints, and describing the active models."""
+"""Model management for the Model tab over one Studio (the server's, or a session's own copy):
+loading checkpoints from uploads or the Hub (all of one request or none), going back to the startup
+checkpoints, and describing the active models and the classes each order knows."""
 from __future__ import annotations
 
 import os
@@ -14,6 +15,7 @@ from nar.loading import KINDS, LoadedModel, from_checkpoint, resolve, validate_r
 from nar.names import quoted
 from nar.pipeline import Studio
 
+from . import zerogpu
 from .requests import MAX_NAME_CHARS, parse_grid
 
 MAX_LOAD_FILES = 3              # a tokenizer, a NAR and a raster model
@@ -32,12 +34,21 @@ class Models:
         self._lock = threading.Lock()
 
     # -- facts for the UI ---------------------------------------------------------------------
-    def class_names(self) -> list[str]:
-        for kind in ("nar", "raster"):
-            loaded = self.studio.models.get(kind)
-            if loaded is not None:
-                return list(loaded.class_names)
-        return []
+    def class_names(self, orders: Sequence[str] = ()) -> list[str]:
+        """The classes every model of `orders` knows (the NAR model's order), or with no orders
+        the NAR model's (else the raster model's): a class list offers only what will decode."""
+        kinds = [("nar" if o == "nar" else "raster") for o in orders] or \
+            [next((k for k in ("nar", "raster") if self.studio.models.get(k) is not None), "nar")]
+        lists = [self.studio.models.get(k) for k in dict.fromkeys(kinds)]
+        if any(loaded is None for loaded in lists):
+            return []
+        known = set.intersection(*(set(loaded.class_names) for loaded in lists))
+        return [name for name in lists[0].class_names if name in known]
+
+    def inferred_heads(self) -> list[str]:
+        """The models whose head count was inferred (dim / 64), for a warning."""
+        return [kind for kind, loaded in self.studio.models.items()
+                if loaded is not None and loaded.head_count_inferred]
 
     def grid_size(self) -> int:
         return int(self.studio.vq.cfg.grid_size)
@@ -50,6 +61,8 @@ class Models:
 
     def device_label(self) -> str:
         device = self.studio.device
+        if device.type == "cuda" and zerogpu.active():   # no GPU to ask in the main process there
+            return "ZeroGPU (cuda, lent per request)"
         if device.type == "cuda":
             return f"{device} ({torch.cuda.get_device_name(device)})"
         threads = torch.get_num_threads()

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from nar.classes import ClassPicker, is_imagenet
 from nar.config import SamplingConfig
 from nar.finetune import FineTuneOptions
 from nar.names import quoted
@@ -120,15 +121,34 @@ def class_ids(studio: Studio, orders: Sequence[str], class_name, count: int,
     elif len(str(class_name)) > MAX_NAME_CHARS:
         problems.append(f"unknown class {quoted(class_name)}: class names are at most {MAX_NAME_CHARS} characters")
     else:
-        ids = {}
+        ids, lacking = {}, []
         for order in orders:
             try:
-                ids[order] = studio.class_ids(order, [class_name] * count)
+                ids[order] = order_class_ids(studio, order, class_name, count)
             except ValueError as e:
-                if str(e) not in problems:
-                    problems.append(str(e))
+                lacking.append((order, str(e)))
+        unknown = [(o, m) for o, m in lacking if m.startswith("unknown class")]
+        if unknown and ids:   # some model knows the class: say which one lacks it, before decoding
+            lacking = [(o, m) for o, m in lacking if (o, m) not in unknown]
+            kinds = sorted({"NAR" if o == "nar" else "raster" for o, _ in unknown})
+            uses = {"NAR": "the NAR order", "raster": "the raster and ZipAR orders"}
+            problems.append(" and ".join(f"the {k} model ({uses[k]})" for k in kinds) +
+                            f" does not know class {quoted(class_name)}; pick a class every model of these "
+                            f"orders knows")
+        for _, message in lacking:
+            if message not in problems:
+                problems.append(message)
         return ids
     return {}
+
+
+def order_class_ids(studio: Studio, order: str, class_name, count: int) -> torch.Tensor:
+    """`count` copies of the id of `class_name` in the model of `order`. ImageNet models also take
+    what ClassPicker finds ("207", "207 golden retriever", "golden retriever", "tabby cat")."""
+    names = studio.model_for(order).class_names
+    if is_imagenet(names):
+        return torch.full((count,), ClassPicker(names).lookup(class_name), dtype=torch.long)
+    return studio.class_ids(order, [class_name] * count)
 
 
 @dataclass(frozen=True)

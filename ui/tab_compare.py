@@ -11,7 +11,7 @@ from nar import plots
 from nar.bench import normalise_result, read_report
 
 from .benchmarks import benchmark_files, measured_table
-from .context import Context
+from .context import Context, session
 from .inputs import PROBLEMS, Number, Slider, fail
 from .race import COMPARE_HEADERS, COMPARE_ORDERS
 from .requests import MAX_FRAME_SECONDS
@@ -77,12 +77,13 @@ def build(ctx: Context) -> SimpleNamespace:
 def wire(ctx: Context, t: SimpleNamespace) -> None:
     service = ctx.service
 
-    @gpu
-    def compare(class_name, seed, window, cfg_scale, seconds_per_frame):
+    # not under spaces.GPU: Service.compare asks ZeroGPU for the decode alone (ui/zerogpu.py)
+    def compare(class_name, seed, window, cfg_scale, seconds_per_frame, request: gr.Request = None):
+        key = session(request)      # the visitor's models (ui/sessions.py)
         try:
-            request = service.request(COMPARE_ORDERS, class_name=class_name, seed=seed, window=window,
+            checked = service.request(COMPARE_ORDERS, session=key, class_name=class_name, seed=seed, window=window,
                                       cfg_scale=cfg_scale)
-            for u in service.compare(request, seconds_per_frame):
+            for u in service.compare(checked, seconds_per_frame, session=key):
                 images = [u.frames[o] for o in COMPARE_ORDERS]
                 captions = [u.captions[o] for o in COMPARE_ORDERS]
                 if u.done:
@@ -112,10 +113,11 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
         value = current if current in names else names[0]
         return (gr.update(choices=names, value=value), *show_benchmark(value))
 
-    @gpu
-    def measure(batches, window, progress=gr.Progress()):
+    @gpu(duration=120)
+    def measure(batches, window, progress=gr.Progress(), request: gr.Request = None):
         try:
-            rows = service.measure(list(batches or []), window, progress=lambda f, m: progress(f, desc=m))
+            rows = service.measure(list(batches or []), window, progress=lambda f, m: progress(f, desc=m),
+                                   session=session(request))
         except PROBLEMS as e:
             raise fail(e) from None
         norm = [normalise_result(r) for r in rows]

@@ -5,11 +5,10 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from .context import Context
+from .context import Context, session
 from .inputs import PROBLEMS, Number, Slider, fail
 from .requests import MAX_FRAME_SECONDS
 from .stream import random_seed
-from .zerogpu import gpu
 
 
 def build(ctx: Context) -> SimpleNamespace:
@@ -59,14 +58,15 @@ def build(ctx: Context) -> SimpleNamespace:
 def wire(ctx: Context, t: SimpleNamespace) -> None:
     service = ctx.service
 
-    @gpu
+    # not under spaces.GPU: Service.generate asks ZeroGPU for the decode alone (ui/zerogpu.py)
     def generate(class_name, num_images, seed, order, window, cfg_scale, cfg_interval, temperature,
-                 top_k, top_p, seconds_per_frame):
+                 top_k, top_p, seconds_per_frame, request: gr.Request = None):
+        key = session(request)      # the visitor's models (ui/sessions.py)
         try:
-            request = service.request([order], class_name=class_name, num_images=num_images, window=window,
-                                      cfg_scale=cfg_scale, cfg_interval=cfg_interval, temperature=temperature,
-                                      top_k=top_k, top_p=top_p, seed=seed)
-            for u in service.generate(request, seconds_per_frame):
+            checked = service.request([order], session=key, class_name=class_name, num_images=num_images,
+                                      window=window, cfg_scale=cfg_scale, cfg_interval=cfg_interval,
+                                      temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+            for u in service.generate(checked, seconds_per_frame, session=key):
                 if u.done:
                     yield (u.frame, u.caption, [(str(p), label) for p, label in zip(u.images, u.labels)],
                            str(u.gif), str(u.mp4) if u.mp4 else None)

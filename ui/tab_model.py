@@ -1,20 +1,40 @@
-"""The Model tab: the active models, and loading checkpoints from the Hub or an upload."""
+"""The Model tab: the session's models, the server's model sets and the presets by name, loading
+checkpoints from the Hub or an upload (into the visitor's session only), and the admin's
+replacement of the server's models. Every load runs in the main process (never under spaces.GPU:
+there it would change only a GPU worker's copy)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import gradio as gr
 
-from .context import Context
+from nar.presets import PRESETS
+
+from .context import Context, session
 from .inputs import PROBLEMS, Number, fail
-from .zerogpu import gpu
+from .server_models import admin_credentials, is_admin, parse_names, preset_markdown, preset_models, shared_loader
+
+SERVER = " (server)"
+
+
+def model_choices(ctx: Context) -> list[tuple[str, str]]:
+    shared = ctx.service.registry.shared_names
+    return [(name + SERVER, name) for name in shared] + [(name, name) for name in PRESETS if name not in shared]
 
 
 def build(ctx: Context) -> SimpleNamespace:
     t = SimpleNamespace()
     t.table = gr.Dataframe(label="Active models", interactive=False, elem_id="model-table", max_height=720,
                            column_widths=["16%", "28%", "28%", "28%"])
-    t.classes = gr.Markdown()
+    t.classes = gr.Markdown(elem_id="model-classes")
+    gr.Markdown("### Models by name\nThe server's model sets are shared (switching costs nothing); a "
+                "preset of the official NAR and LlamaGen models loads for your page only. Your own models "
+                "(a preset, a load or a fine-tune) are yours: other visitors never see them.")
+    choices = model_choices(ctx)
+    with gr.Row(equal_height=True):
+        t.preset = gr.Dropdown(choices, value=choices[0][1], label="Model set", scale=3, elem_id="preset-pick")
+        t.preset_button = gr.Button("Use this model set", scale=1)
+    t.preset_info = gr.Markdown(preset_markdown(choices[0][1]), elem_id="preset-info")
     gr.Markdown("### Load a checkpoint\nOur safetensors files, official NAR / LlamaGen GPT "
                 "checkpoints and the LlamaGen VQ tokenizer (`.pt`, read weights-only). The kind is "
                 "read from each file; load a model and its tokenizer together when the vocabulary "
@@ -34,41 +54,91 @@ def build(ctx: Context) -> SimpleNamespace:
     with gr.Row(equal_height=True):
         t.grid = Number(ctx.models.grid_size(), label="Token grid of official checkpoints (tokens per side)",
                         precision=0, minimum=1, maximum=64, scale=2)
-        t.reset_button = gr.Button("Back to the startup checkpoints", scale=1)
+        t.reset_button = gr.Button("Back to the server's models", scale=1)
     t.status = gr.Markdown(elem_id="load-status")
+    with gr.Accordion("Admin: replace the server's models", open=False, visible=admin_credentials() is not None):
+        gr.Markdown("For the login in `NAR_STUDIO_ADMIN`. The old models are released before the new ones "
+                    "load; new pages and pages on the server's models use the new ones.")
+        with gr.Row(equal_height=True):
+            t.admin_user = gr.Textbox(label="Admin user", max_lines=1)
+            t.admin_password = gr.Textbox(label="Password", type="password", max_lines=1)
+            t.admin_names = gr.Textbox(label="Model sets, comma-separated (the first is the default)",
+                                       placeholder="NAR-B, bundled", max_lines=1)
+        t.admin_button = gr.Button("Replace the server's models", variant="stop")
     return t
 
 
-def answer(ctx: Context, change, *view) -> tuple:
-    """Run a change of the active models: its message and every view of them, or a message."""
-    try:
-        message = change()
-    except PROBLEMS as e:
-        raise fail(e) from None
-    return (message, *ctx.refresh(*view))
+def sampling_updates(ctx: Context, key) -> tuple:
+    """The session's sampling defaults (a preset's) applied to the Generate and Compare controls."""
+    nar = ctx.service.sampling_for(key).get("nar")
+    if nar is None:
+        return (gr.skip(),) * 5
+    return (gr.update(value=nar.cfg_scale), gr.update(value=nar.top_k), gr.update(value=nar.top_p),
+            gr.update(value=nar.temperature), gr.update(value=nar.cfg_scale))
 
 
 def wire(ctx: Context, t: SimpleNamespace) -> None:
-    models = ctx.models
+    service = ctx.service
+    g, c = ctx.tabs["generate"], ctx.tabs["compare"]
+    sampling_outputs = [g.cfg, g.top_k, g.top_p, g.temperature, c.cfg]
 
-    @gpu
-    def load_from_hub(repo_id, filenames, grid, gen_class, cmp_class, gen_window, cmp_window):
-        return answer(ctx, lambda: models.load((), repo_id, filenames, grid), gen_class, cmp_class, gen_window,
-                      cmp_window)
+    def answer(change, view, request) -> tuple:
+        """Run a change of the session's models: its message and every view of them."""
+        ctx.check_unlocked()
+        try:
+            message = change(session(request))
+        except PROBLEMS as e:
+            raise fail(e) from None
+        return (message, *ctx.refresh(*view, request=request))
 
-    @gpu
-    def load_upload(files, grid, gen_class, cmp_class, gen_window, cmp_window):
+    def load_from_hub(repo_id, filenames, grid, gen_class, cmp_class, gen_window, cmp_window,
+                      request: gr.Request = None):
+        return answer(lambda key: service.load(key, (), repo_id, filenames, grid),
+                      (gen_class, cmp_class, gen_window, cmp_window), request)
+
+    def load_upload(files, grid, gen_class, cmp_class, gen_window, cmp_window, request: gr.Request = None):
         paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])]
 
-        def change():
+        def change(key):
             if not paths:
                 raise ValueError("choose one or more checkpoint files to upload first")
-            return models.load(paths, "", "", grid)
-        return answer(ctx, change, gen_class, cmp_class, gen_window, cmp_window)
+            return service.load(key, paths, "", "", grid)
+        return answer(change, (gen_class, cmp_class, gen_window, cmp_window), request)
 
-    @gpu
-    def reset_models(gen_class, cmp_class, gen_window, cmp_window):
-        return answer(ctx, models.reset, gen_class, cmp_class, gen_window, cmp_window)
+    def reset_models(gen_class, cmp_class, gen_window, cmp_window, request: gr.Request = None):
+        return answer(service.reset, (gen_class, cmp_class, gen_window, cmp_window), request)
+
+    def use_model_set(name, gen_class, cmp_class, gen_window, cmp_window, request: gr.Request = None):
+        def change(key):
+            name_ = str(name or "")
+            if name_ in service.registry.shared_names:
+                return service.choose(key, name_)
+            if name_ not in PRESETS:
+                raise ValueError(f"unknown model set {name_[:40]!r}")
+            ctx.check_unlocked()
+            shared = preset_models(name_, str(service.studio.device))
+            service.registry.set_own(key, shared.studio, f"preset {shared.name}", shared.sampling)
+            return (f"Loaded preset {shared.name} for this page" +
+                    (f" ({'; '.join(shared.notes)})" if shared.notes else "") + ".")
+        try:
+            message = change(session(request))
+        except PROBLEMS as e:
+            raise fail(e) from None
+        return (message, *ctx.refresh(gen_class, cmp_class, gen_window, cmp_window, request=request),
+                *sampling_updates(ctx, session(request)))
+
+    def admin_replace(user, password, names, request: gr.Request = None):
+        if not is_admin(user, password, admin_credentials()):
+            raise gr.Error("wrong admin login (set NAR_STUDIO_ADMIN=user:password on the server)",
+                           title="Not allowed", print_exception=False)
+        try:
+            folder, device = service.checkpoint_dir, str(service.studio.device)
+            loaders = [shared_loader(n, folder, device) for n in parse_names(names)]
+            now = service.registry.replace_shared(loaders)
+        except PROBLEMS as e:
+            raise fail(e) from None
+        return (f"The server's models are now {', '.join(now)} (default {now[0]}).",
+                gr.update(choices=model_choices(ctx), value=now[0]))
 
     view_inputs, outputs = ctx.view_inputs(), [t.status, *ctx.view_outputs()]
     t.hub_button.click(load_from_hub, [t.hub_repo, t.hub_files, t.grid, *view_inputs], outputs,
@@ -76,3 +146,8 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
     t.upload_button.click(load_upload, [t.upload_files, t.grid, *view_inputs], outputs, api_name="load_upload",
                           **ctx.heavy)
     t.reset_button.click(reset_models, view_inputs, outputs, api_name="reset_models", **ctx.heavy)
+    t.preset.change(preset_markdown, t.preset, t.preset_info, api_name="preset_info", **ctx.light)
+    t.preset_button.click(use_model_set, [t.preset, *view_inputs], [*outputs, *sampling_outputs],
+                          api_name="use_model_set", **ctx.heavy)
+    t.admin_button.click(admin_replace, [t.admin_user, t.admin_password, t.admin_names], [t.status, t.preset],
+                         api_name="admin_replace", api_visibility="undocumented", **ctx.heavy)

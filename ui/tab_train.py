@@ -8,14 +8,17 @@ import gradio as gr
 
 from nar.finetune import OPTION_RANGES, shown
 
-from .context import Context
+from .context import Context, session
 from .inputs import PROBLEMS, Number, Slider, fail
 from .training import DEFAULTS, Busy
 from .training_view import loss_frame, progress_html
-from .zerogpu import gpu
+from . import zerogpu
 
 
 def build(ctx: Context) -> SimpleNamespace:
+    if zerogpu.active():
+        gr.Markdown("**On this ZeroGPU Space fine-tuning runs on the CPU** (the GPU is lent per request, "
+                    "never to a background job): keep runs short.", elem_id="train-cpu-note")
     gr.Markdown("Teach the active NAR model new images. Upload PNG, JPEG or WebP files, or a zip with "
                 "one folder per class (the folder names the class). New class names get new rows in "
                 "the class table; names the model knows keep theirs. Images are centre-cropped to "
@@ -143,28 +146,33 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
             raise gr.Error(f"run {view.run_id} failed: {view.info.get('message') or 'see the server log'}",
                            title="Training failed", print_exception=False)
 
-    def start_training(files, loose_class, steps, lr, batch_size, layers, preview_every):
+    def start_training(files, loose_class, steps, lr, batch_size, layers, preview_every, request: gr.Request = None):
+        ctx.check_unlocked()
+        key = session(request)       # the run is this visitor's (only they cancel it)
         try:
-            options = ctx.training.options(steps, lr, batch_size, layers, preview_every)
-            job = ctx.training.start(files, loose_class, options)
+            options = ctx.training.options(steps, lr, batch_size, layers, preview_every, session=key)
+            job = ctx.training.start(files, loose_class, options, session=key)
         except Busy as e:
             raise gr.Error(str(e), title="Server busy", print_exception=False) from None
         except PROBLEMS as e:
             raise fail(e) from None
         yield from follow(job)
 
-    def resume_training(run_id, steps, lr, batch_size, layers, preview_every):
+    def resume_training(run_id, steps, lr, batch_size, layers, preview_every, request: gr.Request = None):
+        ctx.check_unlocked()
+        key = session(request)
         try:
-            job = ctx.training.resume(run_id, ctx.training.options(steps, lr, batch_size, layers, preview_every))
+            job = ctx.training.resume(run_id, ctx.training.options(steps, lr, batch_size, layers, preview_every,
+                                                                   session=key), session=key)
         except Busy as e:
             raise gr.Error(str(e), title="Server busy", print_exception=False) from None
         except PROBLEMS as e:
             raise fail(e) from None
         yield from follow(job)
 
-    def cancel_training(run_id):
+    def cancel_training(run_id, request: gr.Request = None):
         try:
-            message = ctx.training.cancel(run_id)
+            message = ctx.training.cancel(run_id, session=session(request))
         except ValueError as e:
             raise fail(e) from None
         gr.Info(message)
@@ -183,15 +191,15 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
         except PROBLEMS as e:
             raise fail(e) from None
 
-    @gpu
-    def use_run(run_id, gen_class, cmp_class, gen_window, cmp_window):
+    def use_run(run_id, gen_class, cmp_class, gen_window, cmp_window, request: gr.Request = None):
+        ctx.check_unlocked()   # main process, never under spaces.GPU (a worker's copy would change)
         try:
-            message = ctx.training.use(run_id)
+            message = ctx.training.use(run_id, session=session(request))
         except PROBLEMS as e:
             raise fail(e) from None
-        return (message, *ctx.refresh(gen_class, cmp_class, gen_window, cmp_window))
+        return (message, *ctx.refresh(gen_class, cmp_class, gen_window, cmp_window, request=request))
 
-    def train_overview(current_run, layers):
+    def train_overview(current_run, layers, request: gr.Request = None):
         job = ctx.training.manager.current
         note = ""
         if job is not None and job.thread.is_alive():
@@ -199,7 +207,10 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
                     f"{job.state.total_steps}). Pick it under **Runs** and press **Resume** to follow it.")
         else:
             note = ctx.training.interrupted_note()
-        choices = ctx.training.layer_choices()
+        try:
+            choices = ctx.training.layer_choices(session(request))
+        except ValueError:   # the session's own model was dropped: the refresh says so
+            choices = ctx.training.layer_choices()
         return (runs_update(current_run), note,
                 gr.update(choices=choices, value=layers if layers in [v for _, v in choices] else "all"))
 

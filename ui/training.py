@@ -13,6 +13,7 @@ kept on `LoadedModel.path`.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -27,8 +28,10 @@ from nar.finetune import (ACTIVE, RUN_ID, Busy, FineTuneJob, FineTuneManager, Fi
                           write_run_file)
 from nar.loading import fit_problem, load
 from nar.names import quoted
+from nar.pipeline import Studio
 from nar.uploads import UploadLimits, UploadRefused, UploadScanner
 
+from . import zerogpu
 from .files import link_or_copy
 from .requests import parse_options
 from .service import Service
@@ -111,15 +114,15 @@ class TrainingService:
     def limits_text(self) -> str:
         return self.limits.describe()
 
-    def _active(self):
-        loaded = self.service.studio.models.get("nar")
+    def _active(self, session: Optional[str] = None):
+        loaded = self.service.studio_for(session).models.get("nar")
         if loaded is None:
             raise ValueError("no NAR model is active; load one in the Model tab first")
         return loaded
 
-    def layer_choices(self) -> list[tuple[str, str]]:
+    def layer_choices(self, session: Optional[str] = None) -> list[tuple[str, str]]:
         try:
-            blocks = len(self._active().model.layers)
+            blocks = len(self._active(session).model.layers)
         except ValueError:
             blocks = 0
         choices = [("All layers", "all"), ("Output heads and class embeddings only", "heads")]
@@ -128,9 +131,9 @@ class TrainingService:
                 choices.append((f"Last {k} block{'s' if k > 1 else ''}, heads and class embeddings", f"last:{k}"))
         return choices
 
-    def base_checkpoint(self) -> Path:
-        """The file of the active NAR model: where a new run starts."""
-        loaded = self._active()
+    def base_checkpoint(self, session: Optional[str] = None) -> Path:
+        """The file of the session's NAR model: where a new run starts."""
+        loaded = self._active(session)
         path = loaded.path
         if path is None:
             raise ValueError(f"the active NAR model ({loaded.source}) was not loaded from a file, so it cannot be "
@@ -141,10 +144,11 @@ class TrainingService:
         return Path(path)
 
     def options(self, steps=DEFAULTS.steps, lr=DEFAULTS.lr, batch_size=DEFAULTS.batch_size,
-                layers=DEFAULTS.train_layers, preview_every=DEFAULTS.preview_every, seed=0) -> FineTuneOptions:
+                layers=DEFAULTS.train_layers, preview_every=DEFAULTS.preview_every, seed=0,
+                session: Optional[str] = None) -> FineTuneOptions:
         """Validated options; every bad field is named in one ValueError."""
         try:
-            blocks = len(self._active().model.layers)
+            blocks = len(self._active(session).model.layers)
         except ValueError:
             blocks = 0
         return parse_options(steps, lr, batch_size, layers, preview_every, seed, blocks)
@@ -184,9 +188,10 @@ class TrainingService:
         if self.manager.busy():
             raise Busy(self.busy_message())
 
-    def start(self, files, loose_class: str, options: FineTuneOptions) -> FineTuneJob:
-        """Read the upload and start a run on the active NAR model. Raises Busy, UploadRefused or
-        ValueError (no usable images, no model) with a message for the user."""
+    def start(self, files, loose_class: str, options: FineTuneOptions, session: Optional[str] = None) -> FineTuneJob:
+        """Read the upload and start a run on the session's NAR model (the run is the session's:
+        only it may cancel it). Raises Busy, UploadRefused or ValueError (no usable images, no
+        model) with a message for the user."""
         self._check_free()  # answer a second user before reading their upload
         paths = self.paths(files)
         if not paths:
@@ -196,17 +201,18 @@ class TrainingService:
             reasons = "; ".join(f"{name}: {why}" for name, why in report.skipped[:8])
             more = f" and {len(report.skipped) - 8} more" if len(report.skipped) > 8 else ""
             raise ValueError("the upload has no usable images" + (f" ({reasons}{more})" if reasons else ""))
-        base = self.base_checkpoint()
-        known = list(self._active().class_names)   # the model in `base`
+        base = self.base_checkpoint(session)
+        known = list(self._active(session).class_names)   # the model in `base`
         try:
-            job = self.manager.start(self.service.studio, base, report, options)
+            job = self.manager.start(training_studio(self.service.studio_for(session)), base, report, options)
         except Busy:
             raise Busy(self.busy_message()) from None
+        job.owner = session
         job.skipped = report.skipped
         job.new_classes = [n for n in report.class_names if n not in known]
         return job
 
-    def resume(self, run_id: str, options: FineTuneOptions) -> FineTuneJob:
+    def resume(self, run_id: str, options: FineTuneOptions, session: Optional[str] = None) -> FineTuneJob:
         """Continue a run from its last checkpoint up to options.steps (or watch it, when it is the
         run that is training now)."""
         run_id = self._check_id(run_id)
@@ -222,7 +228,7 @@ class TrainingService:
             raise ValueError(f"run {run_id} has already trained {saved} steps; set Steps above {saved} to "
                              f"train it further")
         try:
-            problem = fit_problem(ModelConfig.from_dict(header(last)[0]), self.service.studio.vq.cfg,
+            problem = fit_problem(ModelConfig.from_dict(header(last)[0]), self.service.studio_for(session).vq.cfg,
                                   "the active tokenizer")
         except (TypeError, ValueError):
             problem = "its checkpoint has no readable config"
@@ -231,18 +237,23 @@ class TrainingService:
                              f"tokenizer it was trained with first")
         try:
             # the run's own checkpoint is the base: its class table already holds the upload's classes
-            job = self.manager.start(self.service.studio, last, None, options, resume_run=run_id)
+            job = self.manager.start(training_studio(self.service.studio_for(session)), last, None, options,
+                                     resume_run=run_id)
         except Busy:
             raise Busy(self.busy_message()) from None
+        job.owner = session
         if job.state.step == 0:
             job.state.step = saved
         return job
 
-    def cancel(self, run_id: str) -> str:
+    def cancel(self, run_id: str, session: Optional[str] = None) -> str:
+        """Stop the run training now: only the session that started (or resumed) it may."""
         run_id = self._check_id(run_id)
         job = self.manager.current
         if job is None or job.run_id != run_id or not job.thread.is_alive():
             raise ValueError(f"run {run_id} is not training now")
+        if getattr(job, "owner", None) != session:
+            raise ValueError(f"run {run_id} was started by another visitor; only they can cancel it")
         job.cancel_event.set()
         return (f"Cancelling run {run_id} at step {job.state.step}: it stops after the current step and "
                 f"keeps its checkpoint.")
@@ -345,18 +356,30 @@ class TrainingService:
             files.append(link_or_copy(last, out / f"nar-finetuned-{run_id}-resumable.safetensors"))
         return files
 
-    def use(self, run_id: str) -> str:
-        """Make a run's weights the active NAR model (Generate and Compare use it from now on)."""
+    def use(self, run_id: str, session: Optional[str] = None) -> str:
+        """Make a run's weights the session's NAR model (its Generate and Compare use it from now on;
+        other visitors keep theirs). Runs in the main process (never inside a GPU call)."""
         best = self._finished(run_id)
-        studio = self.service.studio
+        studio = self.service.studio_for(session)
         loaded = load(best, expect="nar", device=studio.device, dtype=studio.dtype)
         loaded.source = f"fine-tuned run {best.parent.name}"
-        self.service.models.use(loaded)
+        self.service.use(session, loaded)
         names = loaded.class_names
         step = header(best)[1].get("step", "?")
         return (f"The NAR model is now fine-tuned run {best.parent.name} (step {step}; {len(names)} classes: "
-                f"{', '.join(names[:20])}{' …' if len(names) > 20 else ''}). The Generate and Compare tabs use it; "
-                f"**Back to the startup checkpoints** in the Model tab undoes this.")
+                f"{', '.join(names[:20])}{' …' if len(names) > 20 else ''}). The Generate and Compare tabs of this "
+                f"page use it (other visitors keep theirs); **Back to the server's models** in the Model tab undoes "
+                f"this.")
+
+
+def training_studio(studio: Studio) -> Studio:
+    """The Studio a fine-tuning job tokenizes and previews with. On ZeroGPU a background thread
+    has no GPU, so the job trains on the CPU there (train_loop reads NAR_TRAIN_DEVICE), with a
+    CPU copy of the tokenizer."""
+    if not zerogpu.active():
+        return studio
+    os.environ["NAR_TRAIN_DEVICE"] = "cpu"
+    return Studio(copy.deepcopy(studio.vq).to("cpu").float())
 
 
 def _upload_classes(run_dir: Path) -> list[str]:
