@@ -7,6 +7,7 @@ a handful of subgroups merged by appearance gives classes a generator can learn 
 recognise. The test split holds out whole emojis, so every test image is unseen artwork.
 
     python -m nar.data prepare --out data/emoji [--size 64] [--cache DIR]
+    python -m nar.data moving --emoji data/emoji --out data/moving_emoji   # video clips (nar/moving_emoji.py)
 """
 from __future__ import annotations
 
@@ -147,6 +148,33 @@ def load_split(data_dir: str | os.PathLike, split: str) -> ImageSet:
     with np.load(npz_path) as npz:
         images, labels = npz["images"], npz["labels"].astype(np.int64)
     return ImageSet(images=images, labels=labels, class_names=list(meta["class_names"]))
+
+
+@dataclass
+class ClipSet:
+    clips: np.ndarray        # uint8 [N, T, H, W, 3]
+    labels: np.ndarray       # int64 [N] motion classes
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_clips(data_dir: str | os.PathLike, split: str) -> ClipSet:
+    """Read `train` or `test` from a directory written by `python -m nar.data moving`."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    data_dir = Path(data_dir)
+    npz_path, meta_path = data_dir / f"{split}.npz", data_dir / "meta.json"
+    missing = [p.name for p in (npz_path, meta_path) if not p.is_file()]
+    if missing:
+        raise DatasetMissingError(
+            f"The moving emoji clips are not built in {data_dir} (missing {', '.join(missing)}). "
+            f"Build them with: python -m nar.data moving --emoji data/emoji --out {data_dir}")
+    meta = json.loads(meta_path.read_text())
+    with np.load(npz_path) as npz:
+        clips, labels = npz["clips"], npz["labels"].astype(np.int64)
+    return ClipSet(clips=clips, labels=labels, class_names=list(meta["class_names"]))
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -528,7 +556,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     prep.add_argument("--seed", type=int, default=0, help="seed of the split and the class caps")
     prep.add_argument("--cap-ratio", type=float, default=CAP_RATIO,
                       help=f"largest class as a multiple of the smallest (default {CAP_RATIO:g})")
+    moving = commands.add_parser("moving", help="build the moving emoji clips from a prepared emoji set")
+    moving.add_argument("--emoji", type=Path, default=Path("data/emoji"), help="prepared emoji set")
+    moving.add_argument("--out", type=Path, required=True, help="output directory, e.g. data/moving_emoji")
+    moving.add_argument("--frames", type=int, default=4)
+    moving.add_argument("--size", type=int, default=32, help="frame side in pixels")
+    moving.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.command == "moving":
+        from .moving_emoji import build as build_clips
+        build_clips(args.emoji, args.out, args.frames, args.size, args.seed)
+        return
     meta = prepare(args.out, args.size, args.cache, args.seed, args.cap_ratio)
     for split in SPLITS:
         summary = meta["splits"][split]

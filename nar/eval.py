@@ -1,6 +1,7 @@
 """Quality of the decoding orders, judged on the same classes and seeds.
 
     python -m nar.eval --json
+    python -m nar.eval --video --json     # the video models (nar/video_eval.py)
 
 For each order (nar on the NAR model; raster and zipar on the raster model) it generates
 `--per-class` images of every class with the same seeds, then reports
@@ -166,6 +167,10 @@ def plot_sweep(rows: list[dict], path: Path) -> Path:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--video" in argv:  # the video orders: nar/video_eval.py
+        from .video_eval import main as video_main
+        return video_main(argv)
     p = argparse.ArgumentParser(prog="python -m nar.eval", description="Judge the decoding orders' samples.")
     p.add_argument("--checkpoints", default=str(ROOT / "checkpoints"),
                    help="folder with nar.safetensors, raster.safetensors and vq.safetensors")
