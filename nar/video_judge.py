@@ -32,7 +32,7 @@ class VideoJudgeConfig:
     num_classes: int = 8
     frames: int = 4
     frame_size: int = 32
-    widths: tuple[int, ...] = (48, 96, 192)
+    widths: tuple[int, ...] = (32, 64, 128)
     dropout: float = 0.2
 
     def to_dict(self) -> dict:
@@ -98,7 +98,7 @@ def predict_motion(judge: VideoJudge, clips: torch.Tensor, batch: int = 256) -> 
 class VideoJudgeTrainConfig:
     data: str = "data/moving_emoji"
     out: str = "checkpoints/video_judge.safetensors"
-    epochs: int = 4
+    epochs: int = 2
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 5e-4
