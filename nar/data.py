@@ -133,20 +133,24 @@ class DatasetMissingError(FileNotFoundError):
 # Loading
 
 
-def load_split(data_dir: str | os.PathLike, split: str) -> ImageSet:
-    """Read `train` or `test` from a directory written by `prepare`."""
+def _read_split(data_dir: Path, split: str, arrays: str, what: str, command: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(arrays, labels, meta.json) of a split; a missing file names the command that builds it."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
-    data_dir = Path(data_dir)
     npz_path, meta_path = data_dir / f"{split}.npz", data_dir / "meta.json"
     missing = [p.name for p in (npz_path, meta_path) if not p.is_file()]
     if missing:
-        raise DatasetMissingError(
-            f"The emoji data set is not prepared in {data_dir} (missing {', '.join(missing)}). "
-            f"Build it with: python -m nar.data prepare --out {data_dir}")
+        raise DatasetMissingError(f"{what} in {data_dir} (missing {', '.join(missing)}). Build it with: {command}")
     meta = json.loads(meta_path.read_text())
     with np.load(npz_path) as npz:
-        images, labels = npz["images"], npz["labels"].astype(np.int64)
+        return npz[arrays], npz["labels"].astype(np.int64), meta
+
+
+def load_split(data_dir: str | os.PathLike, split: str) -> ImageSet:
+    """Read `train` or `test` from a directory written by `prepare`."""
+    data_dir = Path(data_dir)
+    images, labels, meta = _read_split(data_dir, split, "images", "The emoji data set is not prepared",
+                                       f"python -m nar.data prepare --out {data_dir}")
     return ImageSet(images=images, labels=labels, class_names=list(meta["class_names"]))
 
 
@@ -162,18 +166,9 @@ class ClipSet:
 
 def load_clips(data_dir: str | os.PathLike, split: str) -> ClipSet:
     """Read `train` or `test` from a directory written by `python -m nar.data moving`."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
     data_dir = Path(data_dir)
-    npz_path, meta_path = data_dir / f"{split}.npz", data_dir / "meta.json"
-    missing = [p.name for p in (npz_path, meta_path) if not p.is_file()]
-    if missing:
-        raise DatasetMissingError(
-            f"The moving emoji clips are not built in {data_dir} (missing {', '.join(missing)}). "
-            f"Build them with: python -m nar.data moving --emoji data/emoji --out {data_dir}")
-    meta = json.loads(meta_path.read_text())
-    with np.load(npz_path) as npz:
-        clips, labels = npz["clips"], npz["labels"].astype(np.int64)
+    clips, labels, meta = _read_split(data_dir, split, "clips", "The moving emoji clips are not built",
+                                      f"python -m nar.data moving --emoji data/emoji --out {data_dir}")
     return ClipSet(clips=clips, labels=labels, class_names=list(meta["class_names"]))
 
 

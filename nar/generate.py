@@ -66,12 +66,15 @@ def make_studio(args) -> Studio:
     return studio
 
 
+def sampling_of(args) -> SamplingConfig:
+    return SamplingConfig(cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, seed=args.seed).validate()
+
+
 def run(args) -> dict:
     if args.num_images < 1 or args.num_images > 64:
         raise ValueError("--num-images must be in [1, 64]")
-    sampling = SamplingConfig(cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval,
-                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                              seed=args.seed).validate()
+    sampling = sampling_of(args)
     studio = make_studio(args)
     classes = [c for c in (args.class_id or ["0"]) for _ in range(args.num_images)]
     class_ids = studio.class_ids(args.order, classes)
@@ -104,9 +107,7 @@ def run_video(args) -> dict:
     from .video import BUNDLED_VIDEO, VideoStudio, model_kind
     if args.num_images < 1 or args.num_images > 16:
         raise ValueError("--num-images must be in [1, 16] for clips")
-    sampling = SamplingConfig(cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval,
-                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                              seed=args.seed).validate()
+    sampling = sampling_of(args)
     kind = model_kind(args.order)
     files = {"vq": args.vq, kind: args.checkpoint or BUNDLED_VIDEO[kind]}
     studio = VideoStudio.bundled(pick_device(args.device), files, kinds=(kind,))

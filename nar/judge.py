@@ -112,30 +112,42 @@ def train_judge(cfg: JudgeTrainConfig) -> dict:
     x_train, y_train = to_tensor(train.images), torch.from_numpy(train.labels)
     x_test = to_tensor(test.images)
     judge = Judge(JudgeConfig(num_classes=len(train.class_names), image_size=train.images.shape[1]))
-    opt = torch.optim.AdamW(judge.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def save(best: dict) -> None:
+        save_checkpoint(cfg.out, "classifier", judge.state_dict(), judge.config.to_dict(),
+                        {"class_names": train.class_names, **best, "train_images": len(x_train),
+                         "test_images": len(x_test)})
+
+    return fit_classifier(judge, x_train, y_train, lambda: float((predict(judge, x_test)[0] == test.labels).mean()),
+                          augment, cfg, g, label_smoothing=0.1, save=save, name="judge")
+
+
+def fit_classifier(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, test_accuracy,
+                   augment_fn, cfg, g: torch.Generator, label_smoothing: float, save, name: str) -> dict:
+    """AdamW with a one-cycle schedule over cfg.epochs epochs of augmented batches; after each
+    epoch `test_accuracy()` is measured and `save(best)` called when it improves."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(x_train) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     best = {"test_accuracy": -1.0}
     for epoch in range(cfg.epochs):
-        judge.train()
+        model.train()
         start, total = time.perf_counter(), 0.0
         order = torch.randperm(len(x_train), generator=g)
         for i in range(steps_per_epoch):
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            loss = F.cross_entropy(judge(augment(x_train[idx], g)), y_train[idx], label_smoothing=0.1)
+            loss = F.cross_entropy(model(augment_fn(x_train[idx], g)), y_train[idx], label_smoothing=label_smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item()
-        accuracy = float((predict(judge, x_test)[0] == test.labels).mean())
-        print(f"[judge] epoch {epoch + 1}/{cfg.epochs} loss {total / steps_per_epoch:.3f} "
+        accuracy = test_accuracy()
+        print(f"[{name}] epoch {epoch + 1}/{cfg.epochs} loss {total / steps_per_epoch:.3f} "
               f"test accuracy {accuracy:.3f} ({time.perf_counter() - start:.1f} s)", flush=True)
         if accuracy > best["test_accuracy"]:
             best = {"test_accuracy": accuracy, "epoch": epoch + 1}
-            save_checkpoint(cfg.out, "classifier", judge.state_dict(), judge.config.to_dict(),
-                            {"class_names": train.class_names, **best, "train_images": len(x_train),
-                             "test_images": len(x_test)})
+            save(best)
     return best
 
 

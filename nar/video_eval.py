@@ -27,7 +27,7 @@ import torch
 
 from .config import SamplingConfig
 from .data import load_clips, to_tensor
-from .eval import frechet_distance
+from .eval import frechet_distance, nar_vs_raster
 from .judge import load_judge, predict
 from .moving_emoji import warp_error
 from .render import save_png, tile
@@ -98,13 +98,8 @@ def evaluate_video(studio: VideoStudio, orders: list[str], per_class: int, sampl
             rows = [tile([tile(list(clips[c * per_class + j]), gap=1) for j in range(min(per_class, 4))], gap=6)
                     for c in classes]
             save_png(tile(rows, columns=1, gap=4), samples_dir / f"video_samples_{order}.png")
-    o = results["orders"]
-    if "nar" in o and "raster" in o:
-        results["nar_vs_raster"] = {
-            "fd_ratio": o["nar"]["frechet_distance"] / o["raster"]["frechet_distance"],
-            "accuracy_difference": o["nar"]["class_accuracy"] - o["raster"]["class_accuracy"],
-            "step_ratio": o["raster"]["steps"] / o["nar"]["steps"],
-            "speedup_per_clip": o["raster"]["seconds_per_clip"] / o["nar"]["seconds_per_clip"]}
+    if "nar" in results["orders"] and "raster" in results["orders"]:
+        results["nar_vs_raster"] = nar_vs_raster(results["orders"], "clip")
     return results
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, load_state_strict, read_checkpoint, save_checkpoint
 from .data import load_clips, to_tensor
-from .judge import conv_block
+from .judge import conv_block, fit_classifier
 
 
 @dataclass
@@ -116,31 +115,15 @@ def train_video_judge(cfg: VideoJudgeTrainConfig) -> dict:
     x_test = clips_to_tensor(test.clips)
     judge = VideoJudge(VideoJudgeConfig(num_classes=len(train.class_names), frames=train.clips.shape[1],
                                         frame_size=train.clips.shape[2]))
-    opt = torch.optim.AdamW(judge.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = -(-len(x_train) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
-    best = {"test_accuracy": -1.0}
-    for epoch in range(cfg.epochs):
-        judge.train()
-        start, total = time.perf_counter(), 0.0
-        order = torch.randperm(len(x_train), generator=g)
-        for i in range(steps_per_epoch):
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            loss = F.cross_entropy(judge(augment(x_train[idx], g)), y_train[idx], label_smoothing=0.05)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
-        accuracy = float((predict_motion(judge, x_test) == test.labels).mean())
-        print(f"[video-judge] epoch {epoch + 1}/{cfg.epochs} loss {total / steps_per_epoch:.3f} "
-              f"test accuracy {accuracy:.3f} ({time.perf_counter() - start:.1f} s)", flush=True)
-        if accuracy > best["test_accuracy"]:
-            best = {"test_accuracy": accuracy, "epoch": epoch + 1}
-            save_checkpoint(cfg.out, "video_classifier", judge.state_dict(), judge.config.to_dict(),
-                            {"class_names": train.class_names, **best, "train_clips": len(x_train),
-                             "test_clips": len(x_test)})
-    return best
+
+    def save(best: dict) -> None:
+        save_checkpoint(cfg.out, "video_classifier", judge.state_dict(), judge.config.to_dict(),
+                        {"class_names": train.class_names, **best, "train_clips": len(x_train),
+                         "test_clips": len(x_test)})
+
+    return fit_classifier(judge, x_train, y_train,
+                          lambda: float((predict_motion(judge, x_test) == test.labels).mean()),
+                          augment, cfg, g, label_smoothing=0.05, save=save, name="video-judge")
 
 
 def load_video_judge(path: str | Path) -> tuple[VideoJudge, list[str], dict]:
