@@ -125,7 +125,7 @@ def run_video(args) -> dict:
     played = [upscale(tile([c[k] for c in clips]), 4) for k in range(shape[0])]
     out = args.out if args.out != "out.png" else "clip.mp4"
     if out.endswith(".png"):
-        saved = save_png(tile([tile(list(c), gap=2) for c in clips], columns=1), out)
+        saved = save_png(upscale(tile([tile(list(c), gap=2) for c in clips], columns=1), 4), out)
     elif out.endswith(".gif"):
         saved = save_gif(played, out, fps=4, hold_last=0.25)
     else:
