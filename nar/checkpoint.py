@@ -26,7 +26,7 @@ from .names import NameTooLong, check_path_length, quoted, shown
 from .safetensors_header import HeaderLimits, HeaderRefused, parse_json_bounded, read_header
 
 FORMAT_KEY = "nar_studio_kind"
-CHECKPOINT_KINDS = ("nar", "raster", "vq", "classifier")
+CHECKPOINT_KINDS = ("nar", "raster", "vq", "classifier", "video_classifier")
 
 
 class CheckpointError(ValueError):
@@ -283,7 +283,7 @@ def check_state_matches(module: torch.nn.Module, state_dict: Mapping[str, torch.
 # The bounds are far above every official size (GPT-XXL: 48 layers, dim 1536; 16..32 tokens per side).
 MODEL_BOUNDS = {"dim": (8, 16384), "n_layer": (1, 256), "n_head": (1, 256), "n_kv_head": (1, 256),
                 "num_classes": (1, 1_000_000), "vocab_size": (2, 1 << 20), "grid_size": (1, 64),
-                "extra_blocks": (0, 16), "multiple_of": (1, 1 << 16), "ffn_dim_multiplier": (0.01, 64.0)}
+                "extra_blocks": (0, 16), "frames": (1, 64), "multiple_of": (1, 1 << 16), "ffn_dim_multiplier": (0.01, 64.0)}
 VQ_BOUNDS = {"codebook_size": (2, 1 << 20), "codebook_embed_dim": (1, 4096), "z_channels": (1, 8192),
              "base_channels": (1, 4096), "num_res_blocks": (0, 16), "image_size": (8, 4096)}
 MAX_CH_MULT = (8, 64)   # levels, multiplier

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
-
-ModelKind = Literal["nar", "raster"]
+from typing import Any, Optional
 
 
 def _from_dict(cls, data: dict[str, Any]):
@@ -23,10 +21,12 @@ def _from_dict(cls, data: dict[str, Any]):
 
 @dataclass
 class ModelConfig:
-    """A LlamaGen-style class-conditional transformer over an n x n token grid.
+    """A LlamaGen-style class-conditional transformer over a T x n x n token grid.
 
-    kind="nar" adds `extra_blocks` blocks and the "below" head (the dimension-oriented heads of
-    NAR) and trains with the proximity mask; kind="raster" is plain next-token LlamaGen.
+    Images are T = 1 (`frames`), video clips T > 1. kind="nar" adds NAR's dimension-oriented
+    heads, each `extra_blocks` more blocks after the previous one (the "below" head for images;
+    "below" and then "frame" for video) and trains with the proximity mask; kind="raster" is
+    plain next-token LlamaGen.
     """
     kind: str = "nar"
     dim: int = 256
@@ -45,9 +45,10 @@ class ModelConfig:
     num_classes: int = 1000
     class_dropout_prob: float = 0.1  # labels dropped to the null class in training (for CFG)
     vocab_size: int = 16384
-    grid_size: int = 16              # tokens per side: block_size = grid_size ** 2
+    grid_size: int = 16              # tokens per side of a frame (H = W)
     cls_token_num: int = 1
-    extra_blocks: int = 1            # NAR's extra block feeding the "below" head
+    extra_blocks: int = 1            # NAR's extra blocks feeding each further head
+    frames: int = 1                  # T: 1 for images, the clip length for video
 
     def __post_init__(self):
         if self.kind not in ("nar", "raster"):
@@ -58,10 +59,19 @@ class ModelConfig:
             raise ValueError("head_dim must be divisible by 4 for 2-D RoPE")
         if self.cls_token_num != 1:
             raise ValueError("only class-conditional models with one prefix token are supported")
+        if self.frames < 1:
+            raise ValueError(f"frames must be at least 1, got {self.frames}")
+        if self.frames > 1 and self.head_dim % 8:
+            raise ValueError("head_dim must be divisible by 8 for video RoPE (frame, row, column)")
 
     @property
-    def block_size(self) -> int:
-        return self.grid_size * self.grid_size
+    def grid_shape(self) -> tuple[int, int, int]:
+        """(T, H, W) of the token grid; images are (1, n, n)."""
+        return (self.frames, self.grid_size, self.grid_size)
+
+    @property
+    def is_video(self) -> bool:
+        return self.frames > 1
 
     @property
     def head_dim(self) -> int:
@@ -69,8 +79,10 @@ class ModelConfig:
 
     @property
     def n_blocks(self) -> int:
-        """Blocks actually built: the raster model has none of NAR's extra blocks."""
-        return self.n_layer + (self.extra_blocks if self.kind == "nar" else 0)
+        """Blocks actually built: the raster model has none of NAR's extra blocks; NAR has one
+        set per head after the first (one for images, two for video)."""
+        extra_heads = (2 if self.is_video else 1) if self.kind == "nar" else 0
+        return self.n_layer + self.extra_blocks * extra_heads
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,6 +8,7 @@ a handful of subgroups merged by appearance gives classes a generator can learn 
 recognise. The test split holds out whole emojis, so every test image is unseen artwork.
 
     python -m nar.data prepare --out data/emoji [--size 64] [--cache DIR]
+    python -m nar.data moving --emoji data/emoji --out data/moving_emoji   # video clips (nar/moving_emoji.py)
 """
 from __future__ import annotations
 
@@ -15,12 +16,7 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import re
-import shutil
-import subprocess
-import tarfile
-import tempfile
 import time
 import unicodedata
 from collections import Counter, defaultdict
@@ -33,6 +29,7 @@ from PIL import Image
 
 from .checkpoint import atomic_write
 from .images import SPLITS
+from .npm_packages import Source, unpacked
 
 DEFAULT_CACHE = Path.home() / ".cache" / "nar-studio" / "npm"
 TEST_FRACTION = 0.12
@@ -64,17 +61,6 @@ CLASS_NAMES: tuple[str, ...] = tuple(sorted(CLASS_SUBGROUPS))
 SUBGROUP_TO_LABEL: dict[str, int] = {
     subgroup: CLASS_NAMES.index(name)
     for name, subgroups in CLASS_SUBGROUPS.items() for subgroup in subgroups}
-
-
-@dataclass(frozen=True)
-class Source:
-    """One npm package of emoji artwork and the terms its pictures come under."""
-    name: str
-    package: str
-    version: str
-    members: tuple[str, ...]  # path prefixes inside the tarball that we extract
-    licence: str
-    attribution: str
 
 
 CHANGES = "Changes: rendered at the data set's image size and composited onto white."
@@ -112,64 +98,6 @@ class Item:
     subgroup: str
     path: Path
     skin_tone: bool
-
-
-# ---------------------------------------------------------------------------------------------
-# Fetching packages
-
-
-def npm_pack(source: Source, cache: Path) -> Path:
-    """The package tarball in `cache`, downloaded with `npm pack` unless already there."""
-    tarball = cache / f"{source.package}-{source.version}.tgz"
-    if tarball.is_file():
-        return tarball
-    if shutil.which("npm") is None:
-        raise RuntimeError("npm is needed to download the emoji packages; install Node.js/npm")
-    cache.mkdir(parents=True, exist_ok=True)
-    _log(f"npm pack {source.package}@{source.version}")
-    subprocess.run(["npm", "pack", f"{source.package}@{source.version}", "--silent"],
-                   cwd=cache, check=True, stdout=subprocess.DEVNULL)
-    if not tarball.is_file():
-        raise RuntimeError(f"npm pack did not produce {tarball}")
-    return tarball
-
-
-def safe_extract(tarball: Path, dest: Path, prefixes: Sequence[str]) -> int:
-    """Extract the regular files whose names start with one of `prefixes` into `dest`.
-
-    Links and devices are skipped and a member whose path would land outside `dest` raises,
-    so a hostile tarball cannot write anywhere else. Returns the number of files written.
-    """
-    root = dest.resolve()
-    count = 0
-    with tarfile.open(tarball, "r:*") as tar:
-        for member in tar:
-            if not member.isfile() or not member.name.startswith(tuple(prefixes)):
-                continue
-            target = (root / member.name).resolve()
-            if not target.is_relative_to(root):
-                raise ValueError(f"{tarball.name}: member {member.name!r} escapes {dest}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tar.extractfile(member) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
-            count += 1
-    return count
-
-
-def unpacked(source: Source, cache: Path) -> Path:
-    """The package's `package/` directory with the members we use, extracted once per cache."""
-    dest = cache / f"{source.package}-{source.version}"
-    if not dest.is_dir():
-        tarball = npm_pack(source, cache)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=cache))
-        try:
-            count = safe_extract(tarball, tmp, source.members)
-            os.replace(tmp, dest)  # a directory that exists is always complete
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        _log(f"extracted {count} files from {tarball.name}")
-    return dest / "package"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,7 +414,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     prep.add_argument("--seed", type=int, default=0, help="seed of the split and the class caps")
     prep.add_argument("--cap-ratio", type=float, default=CAP_RATIO,
                       help=f"largest class as a multiple of the smallest (default {CAP_RATIO:g})")
+    moving = commands.add_parser("moving", help="build the moving emoji clips from a prepared emoji set")
+    moving.add_argument("--emoji", type=Path, default=Path("data/emoji"), help="prepared emoji set")
+    moving.add_argument("--out", type=Path, required=True, help="output directory, e.g. data/moving_emoji")
+    moving.add_argument("--frames", type=int, default=4)
+    moving.add_argument("--size", type=int, default=32, help="frame side in pixels")
+    moving.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.command == "moving":
+        from .moving_emoji import build as build_clips
+        build_clips(args.emoji, args.out, args.frames, args.size, args.seed)
+        return
     meta = prepare(args.out, args.size, args.cache, args.seed, args.cap_ratio)
     for split in SPLITS:
         summary = meta["splits"][split]

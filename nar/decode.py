@@ -1,14 +1,15 @@
 """The one decoding engine: a model kind + a schedule -> forward passes with a KV cache.
 
-A schedule (nar/schedules.py) only lists which grid positions are decoded at each step. This
-module compiles it, once per (model kind, schedule), into a `DecodePlan`: for every step, the
-tokens to feed (those decoded at the previous step, in raster order), where their keys and
-values go in the cache, the attention mask of each fed token, and how the logits of the step's
-targets are read off the heads.
+A schedule (nar/schedules.py) only lists which grid positions of a T x n x n grid (images:
+T = 1) are decoded at each step. This module compiles it, once per (model kind, schedule), into
+a `DecodePlan`: for every step, the tokens to feed (those decoded at the previous step, in
+raster order), where their keys and values go in the cache, the attention mask of each fed
+token, and how the logits of the step's targets are read off the heads.
 
 How a target's logits are formed depends on the model kind:
-  * nar:    mean of the "right" head at (h, w-1) and the "below" head at (h-1, w) (either alone
-            on the first row / column; both heads of the class token for (0, 0));
+  * nar:    mean of the "right" head at (t, h, w-1), the "below" head at (t, h-1, w) and, for
+            video, the "frame" head at (t-1, h, w), over those that exist (every head of the
+            class token for (0, 0, 0));
   * raster: the "right" (only) head at the raster predecessor p - 1 (the class token for p = 0).
 
 A fed token at sequence position q attends key k when the model's training order allows it
@@ -47,6 +48,8 @@ class StepPlan:
     right_w: torch.Tensor      # [Q] its weight (0 when unused)
     below_idx: torch.Tensor    # [Q] same for the below head
     below_w: torch.Tensor
+    frame_idx: torch.Tensor    # [Q] same for the frame head (video NAR; weights 0 otherwise)
+    frame_w: torch.Tensor
     key_len: int               # cache slots [0, key_len) are the keys of this step
 
     def to(self, device) -> "StepPlan":
@@ -65,27 +68,33 @@ class DecodePlan:
         return DecodePlan(self.kind, self.schedule, self.cache_len, [s.to(device) for s in self.steps])
 
 
-def predictors(kind: str, n: int, p: int) -> list[tuple[int, str]]:
-    """(sequence position, head) pairs whose logits are averaged to predict grid position p."""
-    h, w = divmod(p, n)
+HEADS = ("right", "below", "frame")
+
+
+def predictors(kind: str, shape: tuple[int, int, int], p: int) -> list[tuple[int, str]]:
+    """(sequence position, head) pairs whose logits are averaged to predict grid position p of
+    a T x H x W grid."""
+    T, H, W = shape
+    t, h, w = p // (H * W), p // W % H, p % W
     if kind == "raster":
         return [(p, "right")]  # sequence position p holds grid token p - 1 (or the class token)
     if p == 0:
-        return [(0, "right"), (0, "below")]
+        return [(0, "right"), (0, "below")] + ([(0, "frame")] if T > 1 else [])
     out = []
     if w > 0:
         out.append((1 + p - 1, "right"))
     if h > 0:
-        out.append((1 + p - n, "below"))
+        out.append((1 + p - W, "below"))
+    if t > 0:
+        out.append((1 + p - H * W, "frame"))
     return out
 
 
 @lru_cache(maxsize=64)
 def compile_plan(kind: str, schedule: Schedule) -> DecodePlan:
     schedule.validate()
-    n, N = schedule.grid_size, schedule.num_tokens
     step_of = schedule.step_of()
-    allowed = may_attend(kind, n)
+    allowed = may_attend(kind, schedule.shape)
     # Cache slots are handed out in feeding order, so after any step the written entries are
     # a prefix of the cache and a step attends only that prefix (its mask is [T, key_len]):
     # early steps read a short cache, and the raster order needs no mask at all.
@@ -99,10 +108,10 @@ def compile_plan(kind: str, schedule: Schedule) -> DecodePlan:
         inputs = [(q, src, len(seq_at_slot) + i) for i, (q, src) in enumerate(fed)]
         seq_at_slot.extend(q for q, _ in fed)
         index = {q: i for i, (q, _, _) in enumerate(inputs)}
-        right, below = [], []
+        picked = {head: [] for head in HEADS}
         for p in targets:
-            preds = predictors(kind, n, p)
-            picks = {"right": (0, 0.0), "below": (0, 0.0)}
+            preds = predictors(kind, schedule.shape, p)
+            picks = {head: (0, 0.0) for head in HEADS}
             for q, head in preds:
                 if q not in index:
                     # a probe: written past the prefix, later overwritten by real tokens
@@ -110,8 +119,8 @@ def compile_plan(kind: str, schedule: Schedule) -> DecodePlan:
                     index[q] = len(inputs)
                     inputs.append((q, src, len(seq_at_slot) + len(inputs) - len(fed)))
                 picks[head] = (index[q], 1.0 / len(preds))
-            right.append(picks["right"])
-            below.append(picks["below"])
+            for head in HEADS:
+                picked[head].append(picks[head])
         written = len(seq_at_slot)
         key_len = written + len(inputs) - len(fed)
         slot_seq = torch.tensor(seq_at_slot)
@@ -127,10 +136,12 @@ def compile_plan(kind: str, schedule: Schedule) -> DecodePlan:
             slots=torch.tensor([s for _, _, s in inputs]),
             mask=None if bool(mask.all()) else mask,
             targets=torch.tensor(targets),
-            right_idx=torch.tensor([i for i, _ in right]),
-            right_w=torch.tensor([w for _, w in right]),
-            below_idx=torch.tensor([i for i, _ in below]),
-            below_w=torch.tensor([w for _, w in below]),
+            right_idx=torch.tensor([i for i, _ in picked["right"]]),
+            right_w=torch.tensor([w for _, w in picked["right"]]),
+            below_idx=torch.tensor([i for i, _ in picked["below"]]),
+            below_w=torch.tensor([w for _, w in picked["below"]]),
+            frame_idx=torch.tensor([i for i, _ in picked["frame"]]),
+            frame_w=torch.tensor([w for _, w in picked["frame"]]),
             key_len=key_len,
         ))
     return DecodePlan(kind, schedule, max(sp.key_len for sp in steps), steps)
@@ -149,7 +160,7 @@ class StepRecord:
     num_steps: int
     positions: torch.Tensor        # [Q] grid positions decoded at this step (raster indices)
     tokens: torch.Tensor           # [B, Q] their tokens
-    grid: torch.Tensor             # [B, n*n] all tokens so far, -1 where not decoded yet (live)
+    grid: torch.Tensor             # [B, T*n*n] all tokens so far, -1 where not decoded yet (live)
     elapsed: float                 # seconds spent decoding so far (not counting the consumer's time)
     logits: Optional[torch.Tensor] = None  # [B, Q, V] the logits sampled from, if asked for
 
@@ -158,9 +169,10 @@ def check_request(model: Transformer, schedule: Schedule, class_ids: torch.Tenso
                   sampling: SamplingConfig) -> None:
     cfg = model.config
     sampling.validate()
-    if schedule.grid_size != cfg.grid_size:
-        raise ValueError(f"schedule is for a {schedule.grid_size}x{schedule.grid_size} grid, "
-                         f"the model for {cfg.grid_size}x{cfg.grid_size}")
+    if schedule.shape != cfg.grid_shape:
+        def name(shape):
+            return "x".join(map(str, shape if shape[0] > 1 else shape[1:]))
+        raise ValueError(f"schedule is for a {name(schedule.shape)} grid, the model for {name(cfg.grid_shape)}")
     if class_ids.ndim != 1 or class_ids.numel() == 0:
         raise ValueError("class_ids must be a non-empty 1-D tensor")
     if int(class_ids.min()) < 0 or int(class_ids.max()) >= cfg.num_classes:
@@ -173,7 +185,7 @@ class DecodeState:
     batch: int
     labels: torch.Tensor           # [B'] class ids, then the null class for CFG's second half
     seeds: torch.Tensor            # [B] one sampling seed per image
-    grid: torch.Tensor             # [B, n*n] tokens so far, -1 where not decoded yet
+    grid: torch.Tensor             # [B, T*n*n] tokens so far, -1 where not decoded yet
     caches: list
 
 
@@ -209,6 +221,8 @@ def run_step(model: Transformer, state: DecodeState, t: int, sp: StepPlan, sampl
     logits = model.logits_right(feats.right[:, sp.right_idx]) * sp.right_w[:, None]
     if feats.below is not None:
         logits = logits + model.logits_below(feats.below[:, sp.below_idx]) * sp.below_w[:, None]
+    if feats.frame is not None:
+        logits = logits + model.logits_frame(feats.frame[:, sp.frame_idx]) * sp.frame_w[:, None]
     if state.labels.shape[0] > state.batch:
         logits = cfg_combine(logits, sampling.cfg_scale) if guided else logits[:state.batch]
     tokens = sample(logits, state.seeds, sp.targets, sampling.temperature, sampling.top_k, sampling.top_p)
@@ -220,7 +234,7 @@ def run_step(model: Transformer, state: DecodeState, t: int, sp: StepPlan, sampl
 def decode_steps(model: Transformer, schedule: Schedule, class_ids: torch.Tensor,
                  sampling: SamplingConfig = SamplingConfig(), *, sync: bool = True,
                  record_logits: bool = False) -> Iterator[StepRecord]:
-    """Decode a batch of images step by step, yielding a StepRecord after every step.
+    """Decode a batch of images (or clips) step by step, yielding a StepRecord after every step.
 
     sync=True waits for the device at each step so `elapsed` is the true decoding time (what a
     UI shows); a benchmark that only needs the end result passes sync=False. Time the caller
@@ -244,9 +258,13 @@ def decode_steps(model: Transformer, schedule: Schedule, class_ids: torch.Tensor
 
 def generate(model: Transformer, schedule: Schedule, class_ids: torch.Tensor,
              sampling: SamplingConfig = SamplingConfig()) -> torch.Tensor:
-    """Decode to the end; returns the token grids [B, n, n]."""
+    """Decode to the end; returns the token grids [B, n, n] (clips: [B, T, n, n])."""
     record = None
     for record in decode_steps(model, schedule, class_ids, sampling, sync=False):
         pass
-    n = schedule.grid_size
-    return record.grid.view(-1, n, n)
+    return record.grid.view(-1, *token_grid_shape(schedule))
+
+
+def token_grid_shape(schedule: Schedule) -> tuple[int, ...]:
+    """(n, n) for images, (T, n, n) for clips: how a decoded grid is shaped."""
+    return schedule.shape if schedule.frames > 1 else schedule.shape[1:]

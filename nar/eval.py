@@ -1,6 +1,7 @@
 """Quality of the decoding orders, judged on the same classes and seeds.
 
     python -m nar.eval --json
+    python -m nar.eval --video --json     # the video models (nar/video_eval.py)
 
 For each order (nar on the NAR model; raster and zipar on the raster model) it generates
 `--per-class` images of every class with the same seeds, then reports
@@ -111,12 +112,17 @@ def evaluate(studio: Studio, ref: Reference, orders: list[str], per_class: int, 
                      samples_dir / f"samples_{order}.png")
     o = results["orders"]
     if "nar" in o and "raster" in o:
-        results["nar_vs_raster"] = {
-            "fd_ratio": o["nar"]["frechet_distance"] / o["raster"]["frechet_distance"],
-            "accuracy_difference": o["nar"]["class_accuracy"] - o["raster"]["class_accuracy"],
-            "step_ratio": o["raster"]["steps"] / o["nar"]["steps"],
-            "speedup_per_image": o["raster"]["seconds_per_image"] / o["nar"]["seconds_per_image"]}
+        results["nar_vs_raster"] = nar_vs_raster(o, "image")
     return results
+
+
+def nar_vs_raster(orders: dict, unit: str) -> dict:
+    """NAR's scores relative to raster's; unit is what seconds are counted per (image, clip)."""
+    nar, raster = orders["nar"], orders["raster"]
+    return {"fd_ratio": nar["frechet_distance"] / raster["frechet_distance"],
+            "accuracy_difference": nar["class_accuracy"] - raster["class_accuracy"],
+            "step_ratio": raster["steps"] / nar["steps"],
+            f"speedup_per_{unit}": raster[f"seconds_per_{unit}"] / nar[f"seconds_per_{unit}"]}
 
 
 def sweep_cfg(studio: Studio, ref: Reference, orders: list[str], per_class: int, sampling: SamplingConfig,
@@ -173,6 +179,10 @@ def set_precision(studio: Studio, dtype: str) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--video" in argv:  # the video orders: nar/video_eval.py
+        from .video_eval import main as video_main
+        return video_main(argv)
     p = argparse.ArgumentParser(prog="python -m nar.eval", description="Judge the decoding orders' samples.")
     p.add_argument("--checkpoints", default=str(ROOT / "checkpoints"),
                    help="folder with nar.safetensors, raster.safetensors and vq.safetensors")

@@ -3,9 +3,11 @@
     python -m nar.generate --order nar --class-id smiley --seed 0 --out out.png --gif front.gif --json
     python -m nar.generate --checkpoint hf://owner/repo/c2i_L_256.pt --vq vq_ds16_c2i.pt --order nar ...
     python -m nar.generate --preset NAR-B --order nar --class-id "golden retriever"
+    python -m nar.generate --video --order nar --class-id zoom_in --seed 0 --out clip.mp4 --gif front.gif --json
 
 Without --checkpoint the bundled models are used: the NAR model for `nar`, the raster model
-for `raster` and `zipar`. With --json the last line printed is one JSON object.
+for `raster` and `zipar` (with --video, the bundled video models; --out is then the clip:
+.mp4, .gif, or .png for its frames side by side). With --json the last line printed is one JSON object.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import json
 import sys
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .checkpoint import CheckpointError
@@ -63,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mp4", help="MP4 of the decoding front")
     p.add_argument("--fps", type=float, default=6.0)
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.add_argument("--video", action="store_true", help="generate clips with the video models (--class-id: a motion)")
     return p
 
 
@@ -161,6 +165,52 @@ def run(args) -> dict:
             "heads_inferred": studio.model_for(args.order).head_count_inferred, "notes": notes, **outputs}
 
 
+def run_video(args) -> dict:
+    """Clips from the bundled video models (or --checkpoint, a video model of the order's kind)."""
+    from .render import upscale
+    from .video import BUNDLED_VIDEO, VideoStudio, model_kind
+    if args.num_images < 1 or args.num_images > 16:
+        raise ValueError("--num-images must be in [1, 16] for clips")
+    if args.preset or args.filename or args.arch:
+        raise ValueError("--video takes a video model file as --checkpoint; --preset, --filename and --arch "
+                         "are for image models")
+    sampling = SamplingConfig(seed=args.seed, **sampling_flags(args)).validate()
+    kind = model_kind(args.order)
+    files = {"vq": args.vq, kind: args.checkpoint or BUNDLED_VIDEO[kind]}
+    studio = VideoStudio.bundled(pick_device(args.device), files, kinds=(kind,))
+    classes = [c for c in (args.class_id or ["0"]) for _ in range(args.num_images)]
+    class_ids = studio.class_ids(args.order, classes)
+    shape = studio.model_for(args.order).model.config.grid_shape
+    animate = bool(args.gif or args.mp4)
+    views, record = [], None
+    with torch.inference_mode():
+        for record in studio.decode_steps(args.order, class_ids, sampling, window=args.window):
+            if animate:  # drawing frames is not counted in record.elapsed
+                views.append(tile(studio.frames(record, shape)))
+        clips = studio.clips(record.grid, shape[0])
+    # the clip itself: time runs through the frames (clips of a batch side by side), shown 4x
+    played = [upscale(tile([c[k] for c in clips]), 4) for k in range(shape[0])]
+    out = args.out if args.out != "out.png" else "clip.mp4"
+    if out.endswith(".png"):
+        saved = save_png(upscale(tile([tile(list(c), gap=2) for c in clips], columns=1), 4), out)
+    elif out.endswith(".gif"):
+        saved = save_gif(played, out, fps=4, hold_last=0.25)
+    else:
+        saved = save_mp4(played * 3, out, fps=4, hold_last=0.25)
+    outputs = {"out": str(saved)}
+    if args.gif:
+        outputs["gif"] = str(save_gif(views, args.gif, fps=args.fps))
+    if args.mp4:
+        outputs["mp4"] = str(save_mp4(views, args.mp4, fps=args.fps))
+    names = studio.model_for(args.order).class_names
+    return {"order": args.order, "steps": record.num_steps, "grid": list(shape), "tokens": int(np.prod(shape)),
+            "window": args.window if args.order == "zipar" else None, "clips": len(class_ids),
+            "class_ids": class_ids.tolist(), "class_names": [names[i] for i in class_ids.tolist()],
+            "seconds": round(record.elapsed, 4),
+            "clips_per_second": round(len(class_ids) / max(record.elapsed, 1e-9), 3),
+            "device": str(studio.device), "seed": args.seed, **outputs}
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     if args.list_presets:
@@ -168,13 +218,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(json.dumps(describe_presets(), indent=1))
         return
     try:
-        summary = run(args)
+        summary = run_video(args) if args.video else run(args)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{summary['order']}: {summary['steps']} steps for a {summary['grid'][0]}x{summary['grid'][1]} grid "
+        print(f"{summary['order']}: {summary['steps']} steps for a {'x'.join(map(str, summary['grid']))} grid "
               f"in {summary['seconds']:.3f} s -> {summary['out']}")
 
 

@@ -18,7 +18,7 @@ from typing import Iterator
 import torch
 
 from .config import SamplingConfig
-from .decode import StepRecord, check_request, guidance, new_state, plan_on, run_step
+from .decode import StepRecord, check_request, guidance, new_state, plan_on, run_step, token_grid_shape
 from .devices import wait_for_stream
 from .model import Transformer
 from .schedules import Schedule
@@ -133,8 +133,7 @@ class GraphedDecode:
                              grid=self.state.grid, elapsed=busy)
 
     def __call__(self, class_ids: torch.Tensor, seed: int | None = None) -> torch.Tensor:
-        """Decode to the end; the token grids [B, n, n] (a copy: the buffers are reused)."""
+        """Decode to the end; the token grids [B, n, n] or [B, T, n, n] (a copy: the buffers are reused)."""
         for record in self.steps(class_ids, seed, sync=False):
             pass
-        n = self.schedule.grid_size
-        return record.grid.view(-1, n, n).clone()
+        return record.grid.view(-1, *token_grid_shape(self.schedule)).clone()

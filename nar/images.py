@@ -1,5 +1,6 @@
 """The image sets training and evaluation read: a prepared data set folder (train.npz, test.npz
-and meta.json, as `python -m nar.data prepare` writes them), and images as model input.
+and meta.json, as `python -m nar.data prepare` writes them), the moving emoji clips (as
+`python -m nar.data moving` writes them), and images as model input.
 """
 from __future__ import annotations
 
@@ -28,21 +29,43 @@ class DatasetMissingError(FileNotFoundError):
     """The data set has not been prepared; the message names the command that builds it."""
 
 
-def load_split(data_dir: str | os.PathLike, split: str) -> ImageSet:
-    """Read `train` or `test` from a directory written by `prepare`."""
+def _read_split(data_dir: Path, split: str, arrays: str, what: str, command: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(arrays, labels, meta.json) of a split; a missing file names the command that builds it."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
-    data_dir = Path(data_dir)
     npz_path, meta_path = data_dir / f"{split}.npz", data_dir / "meta.json"
     missing = [p.name for p in (npz_path, meta_path) if not p.is_file()]
     if missing:
-        raise DatasetMissingError(
-            f"The emoji data set is not prepared in {data_dir} (missing {', '.join(missing)}). "
-            f"Build it with: python -m nar.data prepare --out {data_dir}")
+        raise DatasetMissingError(f"{what} in {data_dir} (missing {', '.join(missing)}). Build it with: {command}")
     meta = json.loads(meta_path.read_text())
     with np.load(npz_path) as npz:
-        images, labels = npz["images"], npz["labels"].astype(np.int64)
+        return npz[arrays], npz["labels"].astype(np.int64), meta
+
+
+def load_split(data_dir: str | os.PathLike, split: str) -> ImageSet:
+    """Read `train` or `test` from a directory written by `prepare`."""
+    data_dir = Path(data_dir)
+    images, labels, meta = _read_split(data_dir, split, "images", "The emoji data set is not prepared",
+                                       f"python -m nar.data prepare --out {data_dir}")
     return ImageSet(images=images, labels=labels, class_names=list(meta["class_names"]))
+
+
+@dataclass
+class ClipSet:
+    clips: np.ndarray        # uint8 [N, T, H, W, 3]
+    labels: np.ndarray       # int64 [N] motion classes
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_clips(data_dir: str | os.PathLike, split: str) -> ClipSet:
+    """Read `train` or `test` from a directory written by `python -m nar.data moving`."""
+    data_dir = Path(data_dir)
+    clips, labels, meta = _read_split(data_dir, split, "clips", "The moving emoji clips are not built",
+                                      f"python -m nar.data moving --emoji data/emoji --out {data_dir}")
+    return ClipSet(clips=clips, labels=labels, class_names=list(meta["class_names"]))
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -112,41 +112,59 @@ def train_judge(cfg: JudgeTrainConfig) -> dict:
     x_train, y_train = to_tensor(train.images), torch.from_numpy(train.labels)
     x_test = to_tensor(test.images)
     judge = Judge(JudgeConfig(num_classes=len(train.class_names), image_size=train.images.shape[1]))
-    opt = torch.optim.AdamW(judge.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def save(best: dict) -> None:
+        save_checkpoint(cfg.out, "classifier", judge.state_dict(), judge.config.to_dict(),
+                        {"class_names": train.class_names, **best, "train_images": len(x_train),
+                         "test_images": len(x_test)})
+
+    return fit_classifier(judge, x_train, y_train, lambda: float((predict(judge, x_test)[0] == test.labels).mean()),
+                          augment, cfg, g, label_smoothing=0.1, save=save, name="judge")
+
+
+def fit_classifier(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, test_accuracy,
+                   augment_fn, cfg, g: torch.Generator, label_smoothing: float, save, name: str) -> dict:
+    """AdamW with a one-cycle schedule over cfg.epochs epochs of augmented batches; after each
+    epoch `test_accuracy()` is measured and `save(best)` called when it improves."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(x_train) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     best = {"test_accuracy": -1.0}
     for epoch in range(cfg.epochs):
-        judge.train()
+        model.train()
         start, total = time.perf_counter(), 0.0
         order = torch.randperm(len(x_train), generator=g)
         for i in range(steps_per_epoch):
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            loss = F.cross_entropy(judge(augment(x_train[idx], g)), y_train[idx], label_smoothing=0.1)
+            loss = F.cross_entropy(model(augment_fn(x_train[idx], g)), y_train[idx], label_smoothing=label_smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item()
-        accuracy = float((predict(judge, x_test)[0] == test.labels).mean())
-        print(f"[judge] epoch {epoch + 1}/{cfg.epochs} loss {total / steps_per_epoch:.3f} "
+        accuracy = test_accuracy()
+        print(f"[{name}] epoch {epoch + 1}/{cfg.epochs} loss {total / steps_per_epoch:.3f} "
               f"test accuracy {accuracy:.3f} ({time.perf_counter() - start:.1f} s)", flush=True)
         if accuracy > best["test_accuracy"]:
             best = {"test_accuracy": accuracy, "epoch": epoch + 1}
-            save_checkpoint(cfg.out, "classifier", judge.state_dict(), judge.config.to_dict(),
-                            {"class_names": train.class_names, **best, "train_images": len(x_train),
-                             "test_images": len(x_test)})
+            save(best)
     return best
 
 
-def load_judge(path: str | Path) -> tuple[Judge, list[str], dict]:
+def read_classifier(path: str | Path, kind: str, model_cls, config_cls, what: str):
+    """(classifier in eval mode, its checkpoint) of a judge file of `kind`, strictly checked."""
     ckpt = read_checkpoint(path)
-    if ckpt.kind != "classifier":
-        raise CheckpointError(f"{Path(path).name} is a {ckpt.kind} checkpoint, not a classifier")
-    judge = Judge(JudgeConfig.from_dict(ckpt.config))
-    load_state_strict(judge, ckpt.state_dict, Path(path).name)
+    if ckpt.kind != kind:
+        raise CheckpointError(f"{Path(path).name} is a {ckpt.kind} checkpoint, not {what}")
+    model = model_cls(config_cls.from_dict(ckpt.config))
+    load_state_strict(model, ckpt.state_dict, Path(path).name)
+    return model.eval(), ckpt
+
+
+def load_judge(path: str | Path) -> tuple[Judge, list[str], dict]:
+    judge, ckpt = read_classifier(path, "classifier", Judge, JudgeConfig, "a classifier")
     names = ckpt.extra.get("class_names") or class_names_of(ckpt)
-    return judge.eval(), list(names), ckpt.extra
+    return judge, list(names), ckpt.extra
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -46,7 +46,8 @@ class LoadedModel:
                 "layers": cfg.n_layer, "extra_blocks": cfg.extra_blocks if cfg.kind == "nar" else 0,
                 "dim": cfg.dim, "vocab": cfg.vocab_size,
                 "heads": f"{cfg.n_head} (inferred: dim / 64)" if self.head_count_inferred else cfg.n_head,
-                "grid": f"{cfg.grid_size}x{cfg.grid_size}", "classes": len(self.class_names)}
+                "grid": "x".join(map(str, cfg.grid_shape if cfg.is_video else cfg.grid_shape[1:])),
+                "classes": len(self.class_names)}
 
 
 Loaded = Union[LoadedModel, VQModel]   # a tokenizer carries its label as `.source`

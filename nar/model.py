@@ -5,10 +5,15 @@ layers.{i}.attention.wqkv, ..., norm, output, medusa_norm, medusa_output) so the
 load unchanged.
 
 The sequence is always [class token, grid tokens in raster order]; sequence position 0 is the
-class token and position 1 + h * n + w is grid token (h, w). Only the attention mask encodes the
-decoding order: `training_mask(kind)` is the proximity mask for NAR and the causal mask for
-raster. KV caches live outside the model (see `KVCache`), so one model can serve several
-decodes at once.
+class token and position 1 + (t * n + h) * n + w is grid token (t, h, w) of a T x n x n grid
+(images are T = 1). Only the attention mask encodes the decoding order: `may_attend(kind, shape)`
+is the proximity mask for NAR and the causal mask for raster. KV caches live outside the model
+(see `KVCache`), so one model can serve several decodes at once.
+
+NAR's dimension-oriented heads, one per axis, each stacked after the previous one as in the
+official code: "right" (next column, w) is the backbone's own norm + output; "below" (next row,
+h) is `extra_blocks` more blocks + medusa_norm + medusa_output; for video, "frame" (next frame,
+t) is `extra_blocks` more blocks after those + frame_norm + frame_output.
 """
 from __future__ import annotations
 
@@ -140,10 +145,12 @@ class LabelEmbedder(nn.Module):
 
 @dataclass
 class Features:
-    """Hidden states after block n_layer-1 (feeds the "right" head) and after the last block
-    (feeds NAR's "below" head; None for the raster kind)."""
+    """Hidden states after block n_layer-1 (feeds the "right" head), after NAR's first extra
+    blocks (the "below" head; None for raster) and after the second (the "frame" head; video
+    NAR only)."""
     right: torch.Tensor
     below: Optional[torch.Tensor]
+    frame: Optional[torch.Tensor] = None
 
 
 class Transformer(nn.Module):
@@ -159,10 +166,13 @@ class Transformer(nn.Module):
         if cfg.kind == "nar":
             self.medusa_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
             self.medusa_output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if self.has_frame_head:
+            self.frame_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+            self.frame_output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         # Indexed by sequence position; not a parameter, so not saved with the weights.
-        self.register_buffer("rope", rope_table_2d(cfg.grid_size, cfg.head_dim, cfg.rope_base),
+        self.register_buffer("rope", rope_table(cfg.grid_shape, cfg.head_dim, cfg.rope_base),
                              persistent=False)
-        self.register_buffer("train_mask", training_mask(cfg.kind, cfg.grid_size), persistent=False)
+        self.register_buffer("train_mask", may_attend(cfg.kind, cfg.grid_shape), persistent=False)
         self.apply(self._init_weights)
         nn.init.zeros_(self.output.weight)  # as LlamaGen: start from uniform predictions
 
@@ -176,6 +186,10 @@ class Transformer(nn.Module):
     def has_below_head(self) -> bool:
         return self.config.kind == "nar"
 
+    @property
+    def has_frame_head(self) -> bool:
+        return self.config.kind == "nar" and self.config.is_video
+
     # -- the shared trunk -------------------------------------------------------------------
     def features(self, x: torch.Tensor, seq_pos: torch.Tensor, mask: Optional[torch.Tensor],
                  caches: Optional[list[KVCache]] = None, slots: Optional[torch.Tensor] = None,
@@ -188,19 +202,24 @@ class Transformer(nn.Module):
         """
         rope = self.rope[seq_pos]
         h = self.tok_dropout(x)
-        right = None
-        n_layer = self.config.n_layer
+        cfg = self.config
+        taps = {}  # hidden states after the last block of each head's stack
         for i, layer in enumerate(self.layers):
             h = layer(h, rope, mask, caches[i] if caches is not None else None, slots, key_len)
-            if i == n_layer - 1:
-                right = h
-        return Features(right=right, below=h if self.has_below_head else None)
+            taps[i + 1] = h
+        below_at = cfg.n_layer + cfg.extra_blocks
+        return Features(right=taps[cfg.n_layer],
+                        below=taps[below_at] if self.has_below_head else None,
+                        frame=taps[below_at + cfg.extra_blocks] if self.has_frame_head else None)
 
     def logits_right(self, h: torch.Tensor) -> torch.Tensor:
         return head_logits(self.output, self.norm(h))
 
     def logits_below(self, h: torch.Tensor) -> torch.Tensor:
         return head_logits(self.medusa_output, self.medusa_norm(h))
+
+    def logits_frame(self, h: torch.Tensor) -> torch.Tensor:
+        return head_logits(self.frame_output, self.frame_norm(h))
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.tok_embeddings(tokens)
@@ -218,11 +237,11 @@ class Transformer(nn.Module):
     # -- training / full forward ------------------------------------------------------------
     def forward(self, class_ids: torch.Tensor, tokens: torch.Tensor,
                 targets: Optional[torch.Tensor] = None):
-        """Teacher-forced forward over [class, all n*n tokens] with the kind's training mask.
+        """Teacher-forced forward over [class, all T*n*n tokens] with the kind's training mask.
 
-        Returns logits [B, n*n, vocab] where row p predicts grid token p (assembled from the
-        two heads for NAR, shifted by one for raster) and the mean cross-entropy if targets
-        are given. Class labels are dropped to the null class with class_dropout_prob while
+        Returns logits [B, T*n*n, vocab] where row p predicts grid token p (assembled from
+        NAR's heads, shifted by one for raster) and the mean cross-entropy if targets are
+        given. Class labels are dropped to the null class with class_dropout_prob while
         training.
         """
         cfg = self.config
@@ -237,20 +256,29 @@ class Transformer(nn.Module):
         return logits, loss
 
     def assemble_training_logits(self, feats: Features) -> torch.Tensor:
-        n = self.config.grid_size
-        R = self.logits_right(feats.right)  # [B, 1 + n*n, V]; row 0 is the class token
+        """NAR: grid token (t, h, w) gets the mean of the right head at (t, h, w-1), the below
+        head at (t, h-1, w) and the frame head at (t-1, h, w), over those that exist; (0, 0, 0)
+        gets every head of the class token."""
+        T, H, W = self.config.grid_shape
+        R = self.logits_right(feats.right)  # [B, 1 + T*H*W, V]; row 0 is the class token
         if not self.has_below_head:
             return R[:, :-1]  # output at sequence position p predicts grid token p
-        B = self.logits_below(feats.below)
+        heads = [(R, 3), (self.logits_below(feats.below), 2)]  # (logits, grid axis it steps)
+        if feats.frame is not None:
+            heads.append((self.logits_frame(feats.frame), 1))
         bsz, _, vocab = R.shape
-        R_grid = R[:, 1:].reshape(bsz, n, n, vocab)
-        B_grid = B[:, 1:].reshape(bsz, n, n, vocab)
-        logits = torch.empty_like(R_grid)
-        logits[:, 0, 0] = (R[:, 0] + B[:, 0]) / 2           # (0,0) from the class token
-        logits[:, 0, 1:] = R_grid[:, 0, :-1]                 # first row: from the left only
-        logits[:, 1:, 0] = B_grid[:, :-1, 0]                 # first column: from above only
-        logits[:, 1:, 1:] = (R_grid[:, 1:, :-1] + B_grid[:, :-1, 1:]) / 2
-        return logits.reshape(bsz, n * n, vocab)
+        total = torch.zeros(bsz, T, H, W, vocab, dtype=R.dtype, device=R.device)
+        count = torch.zeros(T, H, W, 1, dtype=R.dtype, device=R.device)
+        for logits, axis in heads:
+            grid = logits[:, 1:].reshape(bsz, T, H, W, vocab)
+            src = [slice(None)] * 5
+            dst = [slice(None)] * 5
+            src[axis], dst[axis] = slice(None, -1), slice(1, None)   # neighbour one step back
+            total[tuple(dst)] += grid[tuple(src)]
+            count[tuple(dst[1:])] += 1
+            total[:, 0, 0, 0] += logits[:, 0]
+            count[0, 0, 0] += 1
+        return (total / count).reshape(bsz, T * H * W, vocab)
 
 
 def head_logits(proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -275,47 +303,60 @@ def _fp32_out_matmul(device: torch.device) -> bool:
 
 
 # -- masks ----------------------------------------------------------------------------------
-def grid_distance(grid_size: int) -> torch.Tensor:
-    """Manhattan distance h + w of each grid position, in raster order."""
-    idx = torch.arange(grid_size * grid_size)
-    return idx // grid_size + idx % grid_size
+def grid_coords(shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(t, h, w) of each grid position of a T x H x W grid, in raster order."""
+    T, H, W = shape
+    idx = torch.arange(T * H * W)
+    return idx // (H * W), idx // W % H, idx % W
 
 
-def may_attend(kind: str, grid_size: int) -> torch.Tensor:
+def plane_index(shape: tuple[int, int, int]) -> torch.Tensor:
+    """The NAR plane t + h + w of each grid position (h + w for images), in raster order."""
+    t, h, w = grid_coords(shape)
+    return t + h + w
+
+
+def may_attend(kind: str, shape: tuple[int, int, int]) -> torch.Tensor:
     """[1+N, 1+N] bool: may sequence position q attend sequence position k under the kind's
-    training order? Raster: k <= q. NAR (proximity): everything attends the class token, and
-    a token at distance d attends all tokens at distance <= d, its own diagonal included."""
-    n_seq = 1 + grid_size * grid_size
+    training order, on a T x H x W grid? Raster: k <= q. NAR (proximity): everything attends
+    the class token, and a token on plane c attends all tokens on planes <= c, its own
+    included."""
+    n_seq = 1 + shape[0] * shape[1] * shape[2]
     if kind == "raster":
         return torch.ones(n_seq, n_seq, dtype=torch.bool).tril()
     if kind != "nar":
         raise ValueError(f"unknown model kind {kind!r}")
-    dist = grid_distance(grid_size)
+    plane = plane_index(shape)
     allowed = torch.zeros(n_seq, n_seq, dtype=torch.bool)
     allowed[:, 0] = True
-    allowed[1:, 1:] = dist[None, :] <= dist[:, None]
+    allowed[1:, 1:] = plane[None, :] <= plane[:, None]
     return allowed
 
 
-def training_mask(kind: str, grid_size: int) -> torch.Tensor:
-    return may_attend(kind, grid_size)
+# -- rotary position embedding over (t,) h, w -----------------------------------------------
+def rope_table(shape: tuple[int, int, int], head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """[1 + T*H*W, head_dim // 2, 2] (cos, sin) per sequence position.
 
-
-# -- 2-D rotary position embedding ----------------------------------------------------------
-def rope_table_2d(grid_size: int, head_dim: int, base: float = 10000.0) -> torch.Tensor:
-    """[1 + n*n, head_dim // 2, 2] (cos, sin) per sequence position.
-
-    Half of the rotated pairs turn with the row index, half with the column index. The class
+    Images (T = 1): half of the rotated pairs turn with the row index, half with the column
+    index. Video: the lowest-frequency quarter of each of those halves (pairs that turn by
+    under 0.05 rad across a 16-token side, so carry almost nothing spatially) turns with the
+    frame index instead, at the highest frequencies; every other pair keeps its image angle,
+    so a video model starts close to the image model it is initialised from. The class
     token's row is all zeros, exactly as in the official code (it zeroes the class token's
     queries and keys, which official checkpoints were trained with).
     """
     half = head_dim // 2
-    freqs = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))
-    angles = torch.outer(torch.arange(grid_size).float(), freqs)       # [n, half // 2]
-    grid = torch.cat([angles[:, None, :].expand(-1, grid_size, -1),    # by row
-                      angles[None, :, :].expand(grid_size, -1, -1)],   # by column
-                     dim=-1)
-    table = torch.stack([grid.cos(), grid.sin()], dim=-1).flatten(0, 1)
+    per_axis = half // 2
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2)[:per_axis].float() / half))
+    t, h, w = (c.float()[:, None] for c in grid_coords(shape))
+    by_row, by_col = h * freqs, w * freqs                               # [N, per_axis]
+    if shape[0] > 1:
+        k = max(1, per_axis // 4)
+        by_frame = t * freqs[:2 * k]
+        by_row = torch.cat([by_row[:, :per_axis - k], by_frame[:, :k]], dim=-1)
+        by_col = torch.cat([by_col[:, :per_axis - k], by_frame[:, k:]], dim=-1)
+    angles = torch.cat([by_row, by_col], dim=-1)                        # [N, half]
+    table = torch.stack([angles.cos(), angles.sin()], dim=-1)
     return torch.cat([torch.zeros(1, half, 2), table])
 
 

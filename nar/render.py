@@ -1,5 +1,5 @@
 """Token grids -> pictures: partial decodes with blank undecoded tokens, the front outlined,
-and animations (GIF, MP4)."""
+clips as their frames side by side, and animations (GIF, MP4)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,6 +40,14 @@ def compose_frame(image: np.ndarray, decoded: np.ndarray, front: np.ndarray, sca
         out[y0:y0 + px, x0] = FRONT_RGB
         out[y0:y0 + px, x0 + px - 1] = FRONT_RGB
     return out
+
+
+def compose_clip_frame(frames: np.ndarray, decoded: np.ndarray, front: np.ndarray, scale: int = 4,
+                       gap: int = 4) -> np.ndarray:
+    """One animation frame of a clip: its T frames [T, H, W, 3] side by side, each as
+    compose_frame draws it with decoded / front [T, n, n]; the front plane is outlined across
+    all frames at once."""
+    return tile([compose_frame(f, d, fr, scale) for f, d, fr in zip(frames, decoded, front)], gap=gap)
 
 
 def tile(images: Sequence[np.ndarray], columns: int | None = None, gap: int = 4) -> np.ndarray:

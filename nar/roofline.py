@@ -68,7 +68,7 @@ def step_costs(model: Transformer, schedule: Schedule, batch: int, cfg: bool) ->
     elem = model.tok_embeddings.weight.element_size()
     seqs = batch * (2 if cfg else 1)
     block_params = linear_params(model.layers[0])
-    heads = 2 if model.has_below_head else 1
+    heads = 1 + model.has_below_head + model.has_frame_head   # output heads (3 for video NAR)
     head_params = c.vocab_size * c.dim
     weights = (c.n_blocks * block_params + heads * head_params) * elem
     kv_per_slot = 2 * c.n_blocks * (c.n_kv_head or c.n_head) * c.head_dim * elem  # K and V, all layers

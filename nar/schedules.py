@@ -1,7 +1,8 @@
-"""Decoding orders as data: for an n x n grid, the grid positions decoded at each step.
+"""Decoding orders as data: for a T x n x n token grid, the grid positions decoded at each step.
 
-Positions are raster indices p = h * n + w. A schedule says nothing about models; the decoding
-engine (nar/decode.py) turns a schedule and a model kind into forward passes.
+Positions are raster indices p = (t * n + h) * n + w; images are T = 1 (p = h * n + w). A
+schedule says nothing about models; the decoding engine (nar/decode.py) turns a schedule and a
+model kind into forward passes.
 """
 from __future__ import annotations
 
@@ -14,15 +15,21 @@ ORDERS = ("nar", "raster", "zipar")
 @dataclass(frozen=True)
 class Schedule:
     name: str
-    grid_size: int
+    grid_size: int                   # tokens per side of a frame (H = W)
     steps: tuple[tuple[int, ...], ...]
+    frames: int = 1                  # T: 1 for images
 
     def __len__(self) -> int:
         return len(self.steps)
 
     @property
+    def shape(self) -> tuple[int, int, int]:
+        """(T, H, W) of the grid."""
+        return (self.frames, self.grid_size, self.grid_size)
+
+    @property
     def num_tokens(self) -> int:
-        return self.grid_size * self.grid_size
+        return self.frames * self.grid_size * self.grid_size
 
     def step_of(self) -> list[int]:
         """The step at which each raster position is decoded."""
@@ -31,10 +38,6 @@ class Schedule:
             for p in positions:
                 out[p] = t
         return out
-
-    def coords(self, step: int) -> list[tuple[int, int]]:
-        n = self.grid_size
-        return [(p // n, p % n) for p in self.steps[step]]
 
     def validate(self) -> "Schedule":
         seen = [False] * self.num_tokens
@@ -51,38 +54,44 @@ class Schedule:
 
 
 @lru_cache(maxsize=None)
-def raster(n: int) -> Schedule:
-    return Schedule("raster", n, tuple((p,) for p in range(n * n)))
+def raster(n: int, frames: int = 1) -> Schedule:
+    """One token per step: frame by frame, row by row, left to right; T * n * n steps."""
+    return Schedule("raster", n, tuple((p,) for p in range(frames * n * n)), frames)
 
 
 @lru_cache(maxsize=None)
-def nar(n: int) -> Schedule:
-    """One anti-diagonal d = h + w per step: 2n - 1 steps."""
-    steps = tuple(tuple(h * n + (d - h) for h in range(n) if 0 <= d - h < n)
-                  for d in range(2 * n - 1))
-    return Schedule("nar", n, steps)
+def nar(n: int, frames: int = 1) -> Schedule:
+    """One plane c = t + h + w per step (an anti-diagonal h + w for images): T + 2n - 2 steps."""
+    steps = tuple(tuple((t * n + h) * n + (c - t - h) for t in range(frames) for h in range(n)
+                        if 0 <= c - t - h < n)
+                  for c in range(frames + 2 * n - 2))
+    return Schedule("nar", n, steps, frames)
 
 
 @lru_cache(maxsize=None)
-def zipar(n: int, window: int) -> Schedule:
+def zipar(n: int, window: int, frames: int = 1) -> Schedule:
     """ZipAR next-set order for a raster model: every started row decodes one token per step,
-    left to right, and row r + 1 starts once row r holds `window` tokens. window = n is raster;
-    the step count is (n - 1) * window + n."""
+    left to right, and row r + 1 starts once row r holds `window` tokens. A clip's rows are
+    taken frame after frame (row r is row r % n of frame r // n). window = n is raster; the
+    step count is (T * n - 1) * window + n."""
     if not 1 <= window <= n:
         raise ValueError(f"zipar window must be in [1, {n}], got {window}")
-    last_step = (n - 1) * window + n - 1
-    steps = tuple(tuple(r * n + (t - r * window) for r in range(n) if 0 <= t - r * window < n)
+    rows = frames * n
+    last_step = (rows - 1) * window + n - 1
+    steps = tuple(tuple(r * n + (t - r * window) for r in range(rows) if 0 <= t - r * window < n)
                   for t in range(last_step + 1))
-    return Schedule(f"zipar-{window}", n, steps)
+    return Schedule(f"zipar-{window}", n, steps, frames)
 
 
-def make_schedule(order: str, n: int, window: int = 8) -> Schedule:
+def make_schedule(order: str, n: int, window: int = 8, frames: int = 1) -> Schedule:
+    if frames < 1:
+        raise ValueError(f"frames must be at least 1, got {frames}")
     if order == "nar":
-        return nar(n)
+        return nar(n, frames)
     if order == "raster":
-        return raster(n)
+        return raster(n, frames)
     if order == "zipar":
-        return zipar(n, min(window, n))
+        return zipar(n, min(window, n), frames)
     raise ValueError(f"unknown order {order!r}; choose from {ORDERS}")
 
 

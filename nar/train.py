@@ -4,6 +4,9 @@
     python -m nar.train raster ...          # the same-size raster (LlamaGen) baseline
     python -m nar.train vq ...              # the tokenizer (nar/vq_train.py)
     python -m nar.train judge ...           # the classifier that judges samples (nar/judge.py)
+    python -m nar.train nar --video --data data/moving_emoji --init checkpoints/nar.safetensors ...
+                                            # a video model on clips (nar/video_train.py)
+    python -m nar.train video-judge ...     # the motion classifier (nar/video_judge.py)
     torchrun --nproc_per_node=4 -m nar.train nar ...   # DistributedDataParallel, unchanged
 
 A run directory holds `last.safetensors` (weights, AdamW moments, step, config: one file,
@@ -66,6 +69,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     threads: int = 0                       # torch CPU threads, 0 = torch's default
+    video: bool = False                    # data is a moving emoji set (python -m nar.data moving)
 
 
 @dataclass
@@ -115,18 +119,24 @@ def default_device() -> torch.device:
 
 
 # -- model, optimiser, schedule -------------------------------------------------------------
-def build_model(cfg: TrainConfig, vocab_size: int, grid_size: int,
-                class_names: list[str]) -> tuple[Transformer, list[str], torch.Tensor]:
-    """A fresh model, or the `init` checkpoint with class-embedding rows added for new classes;
-    with its class names and the remap of `class_names` indices to its class ids."""
+def build_model(cfg: TrainConfig, vocab_size: int, grid_size: int, class_names: list[str],
+                frames: int = 1) -> tuple[Transformer, list[str], torch.Tensor]:
+    """A fresh model, or the `init` checkpoint with class-embedding rows added for new classes
+    (an image checkpoint for a video run: nar/video_train.py); with its class names and the remap
+    of `class_names` indices to its class ids."""
     if cfg.init is None:
         torch.manual_seed(cfg.seed)  # the same config gives the same initial weights
         mcfg = model_config(cfg.size, kind=cfg.kind, vocab_size=vocab_size, grid_size=grid_size,
                             num_classes=len(class_names), token_dropout_p=cfg.dropout,
                             resid_dropout_p=cfg.dropout, ffn_dropout_p=cfg.dropout,
-                            class_dropout_prob=cfg.class_dropout)
+                            class_dropout_prob=cfg.class_dropout, frames=frames)
         return Transformer(mcfg), list(class_names), class_remap(class_names, class_names)
     base = load(cfg.init, device=torch.device("cpu"), dtype=torch.float32)
+    if frames > 1 and not base.model.config.is_video:
+        from .video_train import video_from_image
+        torch.manual_seed(cfg.seed)
+        video = video_from_image(base.model, frames, grid_size, class_names)
+        return video, list(class_names), class_remap(class_names, class_names)
     return extend_classes(base.model, base.class_names, class_names)
 
 
@@ -306,7 +316,8 @@ def train_loop(cfg: TrainConfig, train_data: TokenSet, val_data: Optional[TokenS
         if rank == 0:
             trim_metrics(run_dir / "metrics.jsonl", state.step)
     else:
-        model, class_names, remap = build_model(cfg, vocab_size, grid_size, wanted)
+        frames = train_data.tokens.shape[2] if train_data.tokens.ndim == 5 else 1
+        model, class_names, remap = build_model(cfg, vocab_size, grid_size, wanted, frames)
         model, saved_optim, state = model.to(device), {}, TrainState()
     train_data = dataclasses.replace(train_data, labels=remap[train_data.labels])
     if val_data is not None:
@@ -411,6 +422,11 @@ def prepare_tokens(cfg: TrainConfig, progress=None):
     """Load the tokenizer and the images, and tokenize them (cached in the run directory)."""
     vq = load(cfg.vq, expect="vq", device=default_device())
     cache = Path(cfg.run_dir)
+    if cfg.video:
+        from .video_train import HELD_OUT_CLIPS, clip_tokens
+        train, class_names = clip_tokens(vq, cfg.vq, cfg.data, "train", cache)
+        test, _ = clip_tokens(vq, cfg.vq, cfg.data, "test", cache, limit=HELD_OUT_CLIPS)
+        return train, test, class_names, vq.cfg.codebook_size, train.tokens.shape[-1]
     train_images, test_images = load_images(cfg, vq.cfg.image_size)
     train = tokenize(vq, cfg.vq, train_images, cache, progress)
     test = tokenize(vq, cfg.vq, test_images, cache) if test_images is not None else None
@@ -432,8 +448,9 @@ def train(cfg: TrainConfig, callbacks: Optional[Callbacks] = None) -> Path:
     train_set, test_set, class_names, vocab, grid = prepare_tokens(cfg)
     if world > 1 and rank == 0:
         dist.barrier()
-    log(f"{cfg.kind}: {len(train_set)} training images, {len(test_set) if test_set else 0} held out, "
-        f"{len(class_names)} classes, vocab {vocab}, grid {grid}x{grid}", dist_info()[0])
+    log(f"{cfg.kind}: {len(train_set)} training {'clips' if cfg.video else 'images'}, "
+        f"{len(test_set) if test_set else 0} held out, {len(class_names)} classes, vocab {vocab}, "
+        f"grid {'x'.join(map(str, train_set.tokens.shape[2:]))}", dist_info()[0])
     try:
         return train_loop(cfg, train_set, test_set, class_names, vocab, grid, callbacks)
     finally:
@@ -463,6 +480,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         return vq_train.main(argv[1:])
     if argv and argv[0] == "judge":
         return judge.main(argv[1:])
+    if argv and argv[0] == "video-judge":
+        from .video_judge import main as video_judge_main
+        return video_judge_main(argv[1:])
     try:
         train(parse_args(argv))
     except (CheckpointError, FileNotFoundError, ValueError) as e:

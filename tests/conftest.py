@@ -11,10 +11,12 @@ from nar.model import Transformer  # noqa: E402
 
 
 def random_model(kind: str, grid: int = 4, vocab: int = 48, classes: int = 5, seed: int = 0,
-                 dtype=torch.float32) -> Transformer:
-    """A small model with random weights everywhere (also the heads LlamaGen zero-inits)."""
+                 dtype=torch.float32, frames: int = 1) -> Transformer:
+    """A small model with random weights everywhere (also the heads LlamaGen zero-inits);
+    frames > 1: a video model over frames x grid x grid tokens."""
     torch.manual_seed(seed)
-    cfg = model_config("GPT-tiny", kind=kind, vocab_size=vocab, grid_size=grid, num_classes=classes)
+    cfg = model_config("GPT-tiny", kind=kind, vocab_size=vocab, grid_size=grid, num_classes=classes,
+                       frames=frames)
     model = Transformer(cfg)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)

