@@ -60,6 +60,18 @@ Slider = _checked(gr.Slider, allow_none=False)
 Number = _checked(gr.Number, allow_none=True)
 
 
+def _class_preprocess(self, payload):
+    # the page offers only the loaded model's classes; a value sent through the API is named by
+    # ui/requests.py ("unknown class 'x'; the model knows ..."), not by Gradio's choice check
+    return payload
+
+
+# ABCMeta.__new__ for the same reason as _checked
+ClassBox = ABCMeta.__new__(type(gr.Dropdown), "Dropdown", (gr.Dropdown,), {
+    "__module__": __name__, "__qualname__": "Dropdown", "is_template": True, "preprocess": _class_preprocess,
+    "__doc__": "gr.Dropdown of the model's classes: the page takes only those; the API's value is checked later."})
+
+
 
 
 # -- file paths --------------------------------------------------------------------------------
