@@ -50,6 +50,14 @@ def no_wait(last: Optional[float], min_seconds: float) -> float:
     return time.perf_counter()
 
 
+def seed_label(seed: int, i: int, dtype: torch.dtype) -> str:
+    """Image i's seed as the gallery says it: in fp32 it is exactly the single image seeded s + i;
+    in lower precision the batch size changes the logits' rounding, so it is only that batch's."""
+    if dtype == torch.float32:
+        return f"seed {seed + i}"
+    return f"seed {seed + i} (image {i + 1} of a batch seeded {seed})"
+
+
 def step_caption(order: str, step: int, num_steps: int, elapsed: float) -> str:
     if step >= num_steps:
         return f"{ORDER_LABELS.get(order, order)} · done: {num_steps} steps in {elapsed:.2f} s"
@@ -192,11 +200,12 @@ def generate_stream(studio: Studio, files: JobFiles, request: GenerateRequest, r
             yield GenerateUpdate(frame, step, num_steps, kept.elapsed[step - 1],
                                  f"replay · {step_caption(order, step, num_steps, kept.elapsed[step - 1])}")
     images = studio.images(kept.grid_at(done))
-    names = studio.model_for(order).class_names
+    loaded = studio.model_for(order)
+    names, dtype = loaded.class_names, next(loaded.model.parameters()).dtype
     job = files.new("generate")
     paths, labels = [], []
     for i, (image, cid) in enumerate(zip(images, class_ids.tolist())):
-        labels.append(f"{names[cid]}, seed {sampling.seed + i}")
+        labels.append(f"{names[cid]}, {seed_label(sampling.seed, i, dtype)}")
         paths.append(save_png(image, job / f"{order}-{slug(names[cid])}-seed{sampling.seed + i}.png"))
     summary = {"order": order, "window": request.window if order == "zipar" else None,
                "steps": num_steps, "steps_done": done, "seconds": round(seconds, 4), "images": len(class_ids),
