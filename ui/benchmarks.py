@@ -3,6 +3,7 @@ reader), and a measurement now, on this device, by the benchmark's own cases and
 """
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import Callable, Optional
@@ -39,6 +40,19 @@ def benchmark_files(folder: Path, device: Optional[torch.device] = None) -> list
             return (flat, 1, p.name)
         return (flat, 2, p.name)
     return sorted(folder.glob("*.json"), key=rank)
+
+
+def uses_cuda_graphs(path: Path) -> bool:
+    """Whether a benchmark file's timings replayed CUDA graphs (its JSON says so, for the whole run
+    or for a row); measured-now rows are always eager."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    rows = [r for r in data.get("results") or [] if isinstance(r, dict)]
+    return data.get("cuda_graphs") is True or any(r.get("cuda_graphs") is True for r in rows)
 
 
 def measure(studio: Studio, request: MeasureRequest, cfg: bool = True,

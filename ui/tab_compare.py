@@ -11,7 +11,7 @@ from nar import plots
 from nar.bench import normalise_result, read_report
 from nar.classes import is_imagenet
 
-from .benchmarks import benchmark_files, measured_table
+from .benchmarks import benchmark_files, measured_table, uses_cuda_graphs
 from .context import Context, session
 from .inputs import PROBLEMS, ClassBox, Number, Slider, fail
 from .race import COMPARE_HEADERS, COMPARE_ORDERS
@@ -76,7 +76,7 @@ def build(ctx: Context) -> SimpleNamespace:
             t.bench_batches = gr.CheckboxGroup([1, 2, 4, 8, 16], value=[1, 2, 4], label="Batch sizes", scale=2)
             t.measure = gr.Button("Measure", scale=1)
         t.measured = gr.Dataframe(headers=["Order", "Batch", "Time per image (ms)", "Images/s"],
-                                  label="Measured now", interactive=False, visible=False)
+                                  label="Measured now, eager decoding", interactive=False, visible=False)
     return t
 
 
@@ -111,7 +111,8 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
             return plots.message_figure(str(e)), gr.update(visible=False)
         if not rows:
             return plots.message_figure(f"{path.name} holds no usable timings."), gr.update(visible=False)
-        return (plots.latency_figure(rows, f"Time per image vs batch size on {device} ({path.name})"),
+        graphs = ", CUDA graphs" if uses_cuda_graphs(path) else ""
+        return (plots.latency_figure(rows, f"Time per image vs batch size on {device} ({path.name}{graphs})"),
                 gr.update(visible=False))
 
     def refresh_benchmarks(current):
@@ -128,7 +129,7 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
         except PROBLEMS as e:
             raise fail(e) from None
         norm = [normalise_result(r) for r in rows]
-        fig = plots.latency_figure([r for r in norm if r], f"Time per image vs batch size, measured now on "
+        fig = plots.latency_figure([r for r in norm if r], f"Time per image vs batch size, measured now (eager decoding) on "
                                                            f"{ctx.models_for(request).device_label()}")
         return fig, gr.update(value=measured_table(rows), visible=True), gr.update(value=MEASURE)
 
