@@ -163,6 +163,7 @@ class StepRecord:
     grid: torch.Tensor             # [B, T*n*n] all tokens so far, -1 where not decoded yet (live)
     elapsed: float                 # seconds spent decoding so far (not counting the consumer's time)
     logits: Optional[torch.Tensor] = None  # [B, Q, V] the logits sampled from, if asked for
+    confidence: Optional[torch.Tensor] = None  # [B, Q] probability of each sampled token, if asked for
 
 
 def check_request(model: Transformer, schedule: Schedule, class_ids: torch.Tensor,
@@ -210,9 +211,10 @@ def guidance(plan: DecodePlan, sampling: SamplingConfig) -> list[bool]:
 
 
 def run_step(model: Transformer, state: DecodeState, t: int, sp: StepPlan, sampling: SamplingConfig,
-             guided: bool) -> tuple[torch.Tensor, torch.Tensor]:
+             guided: bool, with_probability: bool = False):
     """One step: feed the previous step's tokens, sample this step's targets into the grid.
-    No host synchronisation, so a GPU can run ahead (and a CUDA graph can capture it)."""
+    No host synchronisation, so a GPU can run ahead (and a CUDA graph can capture it).
+    Returns (tokens, logits), and the sampled tokens' probabilities third with `with_probability`."""
     if t == 0:
         x = model.embed_class(state.labels)
     else:
@@ -225,20 +227,23 @@ def run_step(model: Transformer, state: DecodeState, t: int, sp: StepPlan, sampl
         logits = logits + model.logits_frame(feats.frame[:, sp.frame_idx]) * sp.frame_w[:, None]
     if state.labels.shape[0] > state.batch:
         logits = cfg_combine(logits, sampling.cfg_scale) if guided else logits[:state.batch]
-    tokens = sample(logits, state.seeds, sp.targets, sampling.temperature, sampling.top_k, sampling.top_p)
+    drawn = sample(logits, state.seeds, sp.targets, sampling.temperature, sampling.top_k, sampling.top_p,
+                   with_probability=with_probability)
+    tokens = drawn[0] if with_probability else drawn
     state.grid[:, sp.targets] = tokens
-    return tokens, logits
+    return (tokens, logits, drawn[1]) if with_probability else (tokens, logits)
 
 
 @torch.inference_mode()
 def decode_steps(model: Transformer, schedule: Schedule, class_ids: torch.Tensor,
                  sampling: SamplingConfig = SamplingConfig(), *, sync: bool = True,
-                 record_logits: bool = False) -> Iterator[StepRecord]:
+                 record_logits: bool = False, record_confidence: bool = False) -> Iterator[StepRecord]:
     """Decode a batch of images (or clips) step by step, yielding a StepRecord after every step.
 
     sync=True waits for the device at each step so `elapsed` is the true decoding time (what a
     UI shows); a benchmark that only needs the end result passes sync=False. Time the caller
-    spends between steps (drawing frames) is not counted in `elapsed`.
+    spends between steps (drawing frames) is not counted in `elapsed`. record_confidence fills
+    StepRecord.confidence with the probability of every sampled token.
     """
     check_request(model, schedule, class_ids, sampling)
     device = model.tok_embeddings.weight.device
@@ -247,13 +252,15 @@ def decode_steps(model: Transformer, schedule: Schedule, class_ids: torch.Tensor
     guided, busy = guidance(plan, sampling), 0.0
     for t, sp in enumerate(plan.steps):
         started = time.perf_counter()
-        tokens, logits = run_step(model, state, t, sp, sampling, guided[t])
+        out = run_step(model, state, t, sp, sampling, guided[t], with_probability=record_confidence)
+        tokens, logits = out[0], out[1]
         if sync:
             wait_for_stream(device)  # this request's stream only, not the whole device
         busy += time.perf_counter() - started
         yield StepRecord(step=t, num_steps=len(plan.steps), positions=sp.targets, tokens=tokens,
                          grid=state.grid, elapsed=busy,
-                         logits=logits if record_logits else None)
+                         logits=logits if record_logits else None,
+                         confidence=out[2] if record_confidence else None)
 
 
 def generate(model: Transformer, schedule: Schedule, class_ids: torch.Tensor,

@@ -132,9 +132,10 @@ class Studio:
         return torch.tensor(ids, dtype=torch.long)
 
     def decode_steps(self, order: str, class_ids: torch.Tensor, sampling: SamplingConfig,
-                     window: int = 8, sync: bool = True) -> Iterator[StepRecord]:
+                     window: int = 8, sync: bool = True, record_confidence: bool = False) -> Iterator[StepRecord]:
         loaded = self.model_for(order)
-        return decode_steps(loaded.model, self.schedule(order, window), class_ids, sampling, sync=sync)
+        return decode_steps(loaded.model, self.schedule(order, window), class_ids, sampling, sync=sync,
+                            record_confidence=record_confidence)
 
     def __call__(self, classes: Sequence, order: str = "nar", sampling: SamplingConfig = SamplingConfig(),
                  window: int = 8, callback: Optional[Callable[[StepRecord], None]] = None) -> StudioOutput:

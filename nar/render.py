@@ -50,6 +50,21 @@ def compose_clip_frame(frames: np.ndarray, decoded: np.ndarray, front: np.ndarra
     return tile([compose_frame(f, d, fr, scale) for f, d, fr in zip(frames, decoded, front)], gap=gap)
 
 
+def heat_overlay(frame: np.ndarray, values: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """`frame` [H, W, 3] with a heat map of `values` [n, n] in [0, 1] laid over it: red where low,
+    yellow in between, green where high; NaN cells (not decoded) are left as they are."""
+    n = values.shape[0]
+    px = frame.shape[0] // n
+    v = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0)
+    heat = np.stack([np.clip(2 * (1 - v), 0, 1), np.clip(2 * v, 0, 1), np.zeros_like(v)], axis=-1) * 255
+    heat = upscale(heat, px)
+    weight = upscale((~np.isnan(values)).astype(np.float32) * alpha, px)[..., None]
+    out = frame[: n * px, : n * px].astype(np.float32) * (1 - weight) + heat * weight
+    result = frame.copy()
+    result[: n * px, : n * px] = out.round().astype(np.uint8)
+    return result
+
+
 def tile(images: Sequence[np.ndarray], columns: int | None = None, gap: int = 4) -> np.ndarray:
     """Images of one size side by side on a white background, in rows of `columns`."""
     count = len(images)

@@ -57,11 +57,18 @@ def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab: int) -> t
 
 
 def sample(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor,
-           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, with_probability: bool = False):
     """Draw one token per position from softmax(logits / temperature) after filtering.
 
     logits [B, Q, V]; seeds [B] (one per image); positions [Q] grid positions (raster index).
+    With `with_probability`, returns (tokens, probability of each drawn token [B, Q]) instead:
+    how sure the model was (the distribution it was drawn from, so it does not change the draw).
     """
     logits = filter_logits(logits.float() / temperature, top_k, top_p)
     gumbel = -torch.log(-torch.log(uniform_noise(seeds, positions, logits.shape[-1])))
-    return (logits.double() + gumbel).argmax(dim=-1)
+    tokens = (logits.double() + gumbel).argmax(dim=-1)
+    if not with_probability:
+        return tokens
+    # p(token) = exp(l_token - logsumexp(l)): one reduction over the vocabulary, no softmax tensor
+    probability = (logits.gather(-1, tokens[..., None])[..., 0] - logits.logsumexp(-1)).exp()
+    return tokens, probability

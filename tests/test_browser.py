@@ -85,13 +85,15 @@ def browse(url: str, shots: Path, class_name: str, seconds_per_frame: float, tim
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
-            page.goto(url, wait_until="networkidle", timeout=timeout_ms)
+            page.goto(url, wait_until="load", timeout=timeout_ms)   # (never network-idle: the state heartbeat)
+            page.wait_for_selector("#gen-button", timeout=timeout_ms)
+            page.wait_for_timeout(1500)                             # the page-load events
             # pick the class from the dropdown
             page.get_by_label("Class").first.click()
             page.get_by_role("option", name=class_name, exact=True).click()
             seen["class"] = page.get_by_label("Class").first.input_value()
-            # slow the playback so every step stays on screen for a moment
-            pace = page.get_by_label("number input for Playback: minimum seconds per frame")
+            # replay the decode slowly afterwards, so every step stays on screen for a moment
+            pace = page.get_by_label("number input for Replay: seconds per step")
             pace.fill(str(seconds_per_frame))
             pace.press("Enter")
             page.evaluate(WATCH)
@@ -163,6 +165,98 @@ def browse(url: str, shots: Path, class_name: str, seconds_per_frame: float, tim
         finally:
             browser.close()
     return seen
+
+
+OVERFLOW = "() => Math.max(document.documentElement.scrollWidth, document.body.scrollWidth) - window.innerWidth"
+NO_ERROR = "() => !/\\bError\\b/.test(document.body.innerText)"
+
+
+def live_view_session(url: str, width: int, height: int, timeout_ms: int = 120_000) -> dict:
+    """On the bundled models: generate, stop a raster decode mid-way, scrub the stopped result with
+    the confidence overlay, restore a history item's parameters; the page's overflow in every tab
+    before and after. Returns what was seen."""
+    from playwright.sync_api import sync_playwright
+    seen = {"overflow": {}}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=1)
+            page.goto(url, wait_until="load", timeout=timeout_ms)   # (never network-idle: the state heartbeat)
+            page.wait_for_selector("#gen-button", timeout=timeout_ms)
+            page.wait_for_timeout(1500)                             # the page-load events
+
+            def overflow(when: str) -> None:
+                for name in ("Compare", "Model", "Train", "Generate"):
+                    page.get_by_role("tab", name=name).click()
+                    page.wait_for_timeout(300)
+                    seen["overflow"][f"{name} {when}"] = page.evaluate(OVERFLOW)
+            overflow("before")
+            seen["class_info"] = page.locator("#component-0, .gradio-container").first.inner_text()
+            page.locator("#gen-button").click()                       # NAR, the default
+            page.wait_for_function("document.querySelector('#gen-caption').innerText.includes('done')",
+                                   timeout=timeout_ms)
+            page.wait_for_selector("#gen-gif a", timeout=timeout_ms)   # the files close the event
+            page.locator("#gen-order").get_by_text("Raster", exact=True).click()
+            images = page.get_by_label("number input for Number of images")
+            images.fill("8")                                           # 8 raster images: several seconds
+            images.press("Enter")
+            page.locator("#gen-button").click()
+            page.wait_for_function("/Raster · step \\d+\\/256/.test(document.querySelector('#gen-caption')"
+                                   ".innerText)", timeout=timeout_ms)
+            page.locator("#gen-stop").click()
+            page.wait_for_function("document.querySelector('#gen-caption').innerText.includes('stopped')",
+                                   timeout=timeout_ms)
+            page.wait_for_selector("#gen-gif a", timeout=timeout_ms)  # the partial animation is offered
+            page.wait_for_timeout(1000)
+            seen["stopped"] = page.locator("#gen-caption").inner_text()
+            seen["no_error"] = page.evaluate(NO_ERROR)
+            seen["gif"] = page.locator("#gen-gif").inner_text()
+            # scrub: step 3 of the stopped decode, then the overlay
+            box = page.locator("#scrub input[type=number]")
+            box.fill("3")
+            box.press("Enter")
+            page.wait_for_function("document.querySelector('#gen-caption').innerText.includes('step 3/256')",
+                                   timeout=timeout_ms)
+            page.locator("#overlay input").check()
+            page.wait_for_function("document.querySelector('#gen-caption').innerText.includes('probability')",
+                                   timeout=timeout_ms)
+            seen["scrub"] = page.locator("#gen-caption").inner_text()
+            seen["live_alt"] = page.locator("#live img").first.get_attribute("alt")
+            # the history: two results; pick the NAR one (the second) and restore its parameters
+            seen["history"] = page.locator("#history-gallery img").count()
+            page.locator("#history-gallery img").nth(1).click()
+            page.locator("#restore").click()
+            page.wait_for_function("document.querySelector('#gen-order input[value=nar]').checked", timeout=timeout_ms)
+            seen["restored"] = True
+            seen["share"] = page.locator("#share-link").inner_text()
+            seen["no_error_end"] = page.evaluate(NO_ERROR)
+            if width < 500:
+                page.screenshot(path=str(Path(os.environ.get("NAR_SHOTS", tempfile.gettempdir())) /
+                                         "screenshot_phone.png"), full_page=True)
+            overflow("after")
+        finally:
+            browser.close()
+    return seen
+
+
+# Outside CI a machine without chromium skips this test; CI (.ci/run installs chromium) never does.
+@pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+                    reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_live_view_stop_scrub_and_history_on_desktop_and_phone(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAR_STUDIO_RUNS_DIR", str(tmp_path / "runs"))
+    with running_app(ROOT / "checkpoints") as url:
+        for width, height in ((1280, 900), (390, 844)):
+            seen = live_view_session(url, width, height)
+            assert re.search(r"Raster · stopped at step \d+/256 - [0-9.]+ s", seen["stopped"]), seen
+            assert seen["no_error"] and seen["no_error_end"], seen
+            assert ".gif" in seen["gif"]
+            assert "step 3/256" in seen["scrub"] and "probability" in seen["scrub"]
+            assert seen["live_alt"] and "decoded" in seen["live_alt"]
+            assert seen["history"] >= 2 and seen["restored"] and "Link to these parameters" in seen["share"]
+            wide = {k: v for k, v in seen["overflow"].items() if v > 0}
+            if width < 500 and wide:   # known: Gradio's own minimum widths (see the README's phone note)
+                pytest.xfail(f"at {width} px the page is still wider than the screen: {wide}")
+            assert not wide, (width, seen["overflow"])
 
 
 # Outside CI a machine without chromium skips this test; CI (.ci/run installs chromium) never does.

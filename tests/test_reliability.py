@@ -317,7 +317,9 @@ def test_cancelled_and_disconnected_requests_free_their_decode(server, client, r
                                    "of_steps": 16, "next_requests_served_s": round(served_s, 1),
                                    "slow_request_s": 32}
     assert len(stops) == 2, server.log()[-3000:]
-    assert all(step < total == 16 for step, total, _ in stops)
+    # "pace" is a replay now (the decode runs at full speed, then its steps are replayed 2 s each):
+    # both streams stop mid-replay, so the decodes may already be whole (step 16 of 16)
+    assert all(1 <= step <= total == 16 for step, total, _ in stops)
     # served long before either slow decode could have finished (16 frames x 2 s)
     assert served_s < 12, served_s
 

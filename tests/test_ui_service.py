@@ -22,7 +22,11 @@ def service(tiny_checkpoints, tmp_path_factory):
 def test_generate_streams_every_step_then_the_files(service):
     request = service.request(["nar"], class_name="dog", num_images=2, seed=3)
     updates = list(service.generate(request, write_mp4=False))
-    assert [u.step for u in updates[:-1]] == list(range(1, 7))        # 7 steps: 6 live frames, then the result
+    # 7 steps: a sample of the 6 live steps in order (the view never holds the decoder back), then the
+    # images, then the animation files
+    live = [u.step for u in updates[:-2]]
+    assert live == sorted(set(live)) and set(live) <= set(range(1, 7))
+    assert updates[-2].done and updates[-2].gif is None and updates[-2].images
     final = updates[-1]
     assert final.done and final.mp4 is None and final.gif.is_file()
     assert [p.name for p in final.images] == ["nar-dog-seed3.png", "nar-dog-seed4.png"]
@@ -41,6 +45,44 @@ def test_a_stream_closed_early_is_counted_as_stopped(service):
     before = service.decodes.stopped
     stream.close()                                  # what Gradio does when the visitor leaves
     assert service.decodes.stopped == before + 1 and service.decodes.running == 0
+
+
+def test_results_scrubbing_and_stop_belong_to_their_session(service):
+    request = service.request(["nar"], class_name="dog", num_images=1, seed=3, session="a")
+    final = list(service.generate(request, write_mp4=False, session="a"))[-1]
+    result_id = final.summary["result_id"]
+    picture, caption = service.scrub(result_id, 3, overlay=True, session="a")
+    assert picture.ndim == 3 and caption.startswith("step 3/7") and "sampled-token probability" in caption
+    with pytest.raises(ValueError, match="no longer kept"):     # another visitor cannot read it
+        service.scrub(result_id, 3, session="b")
+    assert service.stop("b") == "nothing is decoding in this session"
+    # a replay of 0.2 s a step: Stop, sent from the right session, ends it long before its 16 steps
+    stream = service.generate(service.request(["raster"], class_name="cat", session="b"), 0.2, session="b")
+    started = time.perf_counter()
+    next(stream)
+    assert service.stop("a") == "nothing is decoding in this session"
+    assert service.stop("b") == "stopping 1 decode"
+    rest = list(stream)
+    assert rest[-1].done and len([u for u in rest if u.caption.startswith("replay")]) <= 1
+    assert time.perf_counter() - started < 2.5
+
+
+def test_gallery_labels_say_what_a_seed_reproduces():
+    import torch
+    from ui.stream import seed_label
+    assert seed_label(5, 2, torch.float32) == "seed 7"          # in fp32 the single image seeded 7
+    assert seed_label(5, 2, torch.bfloat16) == "seed 7 (image 3 of a batch seeded 5)"
+
+
+def test_benchmark_files_say_when_they_replayed_cuda_graphs(tmp_path):
+    import json
+    from ui.benchmarks import uses_cuda_graphs
+    (tmp_path / "graphs.json").write_text(json.dumps({"cuda_graphs": True, "results": []}))
+    (tmp_path / "row.json").write_text(json.dumps({"results": [{"batch": 1, "cuda_graphs": True}]}))
+    (tmp_path / "eager.json").write_text(json.dumps({"cuda_graphs": False, "results": [{"batch": 1}]}))
+    (tmp_path / "broken.json").write_text("{")
+    assert [uses_cuda_graphs(tmp_path / f"{n}.json") for n in ("graphs", "row", "eager", "broken")] == \
+        [True, True, False, False]
 
 
 def test_measure_runs_the_benchmarks_interleaved_timer(service, monkeypatch):

@@ -78,6 +78,18 @@ def test_decodes_run_in_one_gpu_call_sized_by_the_request_and_paced_outside(zero
     assert all(r["wall"] <= r["duration"] for r in (one, four, race))
 
 
+def test_the_scrubber_draws_a_kept_step_in_a_short_gpu_call(zerogpu_app):
+    from gradio_client import Client
+    url, log = zerogpu_app
+    c = Client(url, verbose=False)
+    assert "done: 7 steps" in generate(c, seed=4)[1]      # the session's state now holds its result
+    start = len(calls(log))
+    picture, caption = c.predict(2, True, api_name="/show_step")
+    assert caption.startswith("step 2/7") and "sampled-token probability" in caption and picture
+    from ui.zerogpu import BASE_SECONDS
+    assert [r["duration"] for r in calls(log)[start:] if r["event"] == "call"] == [BASE_SECONDS]
+
+
 def test_the_train_tab_says_it_trains_on_the_cpu(zerogpu_app):
     url, _ = zerogpu_app
     with urllib.request.urlopen(url + "config") as r:

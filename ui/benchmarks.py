@@ -3,13 +3,14 @@ reader), and a measurement now, on this device, by the benchmark's own cases and
 """
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from nar.bench import Case, device_name, time_interleaved
+from nar.bench import Case, device_name, read_report, time_interleaved
 from nar.pipeline import Studio
 
 from .race import COMPARE_ORDERS
@@ -18,19 +19,40 @@ from .stream import ORDER_LABELS
 
 
 def benchmark_files(folder: Path, device: Optional[torch.device] = None) -> list[Path]:
-    """benchmarks/*.json, this device's first (full run before quick run), then the others."""
+    """benchmarks/*.json: those with a curve (several batch sizes) first, among them this device's
+    first (full run before quick run), then the others."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     stem = device_name(device) if device is not None else None
 
+    def curve(p: Path) -> bool:
+        try:
+            return len({row.get("batch") for row in read_report(p)[1]}) >= 2
+        except ValueError:
+            return False
+
     def rank(p: Path):
+        flat = not curve(p)
         if stem and p.stem == stem:
-            return (0, p.name)
+            return (flat, 0, p.name)
         if stem and p.stem == f"{stem}-quick":
-            return (1, p.name)
-        return (2, p.name)
+            return (flat, 1, p.name)
+        return (flat, 2, p.name)
     return sorted(folder.glob("*.json"), key=rank)
+
+
+def uses_cuda_graphs(path: Path) -> bool:
+    """Whether a benchmark file's timings replayed CUDA graphs (its JSON says so, for the whole run
+    or for a row); measured-now rows are always eager."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    rows = [r for r in data.get("results") or [] if isinstance(r, dict)]
+    return data.get("cuda_graphs") is True or any(r.get("cuda_graphs") is True for r in rows)
 
 
 def measure(studio: Studio, request: MeasureRequest, cfg: bool = True,

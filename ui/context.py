@@ -32,6 +32,7 @@ class Context:
     concurrency: int = 1
     tabs: dict = field(default_factory=dict)     # tab name -> its components (a namespace)
     lock_models: bool = False                    # the Model and Train tabs are off for visitors
+    tab_bar: object = None                       # the gr.Tabs (a tab's button may switch to another)
 
     @property
     def heavy(self) -> dict:
@@ -64,6 +65,11 @@ class Context:
                 f"NAR needs {2 * n - 1} steps where raster needs {n ** 2}")
 
     @staticmethod
+    def class_info(models, orders=()) -> str:
+        names = models.class_names(orders)
+        return f"one of the {len(names)} classes of the loaded model (type to filter)"
+
+    @staticmethod
     def class_update(models, current: Optional[str] = None, orders=()):
         """The class picker of the orders' models: only classes every one of them knows. ImageNet
         names are labels such as "207 golden retriever" (the picker filters as one types)."""
@@ -71,7 +77,12 @@ class Context:
         value = current if current in names else (names[0] if names else None)
         if value is None and current not in (None, "") and is_imagenet(names):
             value = current      # an id or a name the request's ClassPicker resolves
-        return gr.update(choices=names, value=value)
+        return gr.update(choices=names, value=value, info=Context.class_info(models, orders))
+
+    def compare_inputs(self) -> list:
+        """What Generate's "Send to Compare" sets: the Compare tab's class, seed, window, CFG, and the tab."""
+        c = self.tabs["compare"]
+        return [c.cls, c.seed, c.window, c.cfg, self.tab_bar]
 
     @staticmethod
     def window_update(models, value):

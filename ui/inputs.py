@@ -48,7 +48,12 @@ def checked_number(payload: Any, label: Optional[str], allow_none: bool = False)
 def _checked(base: type, allow_none: bool) -> type:
     """A template of `base` (same front-end component) whose preprocess checks the type first."""
     def preprocess(self, payload):
-        return base.preprocess(self, checked_number(payload, self.label, allow_none))
+        value = checked_number(payload, self.label, allow_none)
+        if getattr(self, "precision", None) == 0 and isinstance(value, float) and not value.is_integer():
+            # Gradio would round it silently: a whole-number input says so instead
+            raise gr.Error(f"{self.label or 'a number input'} must be a whole number, got {value}",
+                           title="Cannot do that", print_exception=False)
+        return base.preprocess(self, value)
     attrs = {"__module__": __name__, "__qualname__": base.__name__, "is_template": True, "preprocess": preprocess,
              "__doc__": f"gr.{base.__name__} whose API input is checked to be a finite number before its range."}
     # ABCMeta.__new__, not a class statement: Gradio's ComponentMeta would write a type stub of this
@@ -58,6 +63,18 @@ def _checked(base: type, allow_none: bool) -> type:
 
 Slider = _checked(gr.Slider, allow_none=False)
 Number = _checked(gr.Number, allow_none=True)
+
+
+def _class_preprocess(self, payload):
+    # the page offers only the loaded model's classes; a value sent through the API is named by
+    # ui/requests.py ("unknown class 'x'; the model knows ..."), not by Gradio's choice check
+    return payload
+
+
+# ABCMeta.__new__ for the same reason as _checked
+ClassBox = ABCMeta.__new__(type(gr.Dropdown), "Dropdown", (gr.Dropdown,), {
+    "__module__": __name__, "__qualname__": "Dropdown", "is_template": True, "preprocess": _class_preprocess,
+    "__doc__": "gr.Dropdown of the model's classes: the page takes only those; the API's value is checked later."})
 
 
 

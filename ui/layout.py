@@ -36,6 +36,24 @@ CSS = """
   color: var(--body-text-color-subdued); }
 #runs-row { align-items: end; }
 #train-weights .empty { min-height: 64px !important; height: 64px !important; }
+/* phones: nothing wider than the screen; tables and plots scroll inside their own box (Gradio
+   scopes these rules to the page's content, so they name no .gradio-container) */
+.row, .column, .block, .form, .tabitem, .tab-container { min-width: 0 !important; }
+.table-wrap, .table-container, .plot-container { max-width: 100%; overflow-x: auto; }
+img { max-width: 100%; }
+.file-name, .file-preview td { overflow-wrap: anywhere; white-space: normal; }
+@media (max-width: 640px) {
+  .row { flex-wrap: wrap !important; }
+  .row > * { min-width: 0 !important; flex: 1 1 100% !important; max-width: 100%; }
+  .column > *, .block, .form { max-width: 100%; }
+  .gallery, .grid-wrap { max-width: 100%; overflow-x: auto; }
+}
+/* keyboard: a visible focus ring on every control */
+input:focus-visible, button:focus-visible, select:focus-visible, textarea:focus-visible,
+[role="slider"]:focus-visible, a:focus-visible, input[type="range"]:focus-visible,
+input[type="radio"]:focus-visible, input[type="checkbox"]:focus-visible, [tabindex]:focus-visible {
+  outline: 3px solid var(--color-accent, #f97316) !important; outline-offset: 2px !important; }
+.example { flex: 0 1 auto !important; }
 """
 
 
@@ -57,7 +75,7 @@ def build_app(service: Service, benchmarks: Path, concurrency: int, training: Tr
     with Blocks(title="NAR Studio", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# NAR Studio", elem_id="title")
         ctx.tabs["header"] = gr.Markdown(ctx.device_line(), elem_id="header")
-        with gr.Tabs():
+        with gr.Tabs() as ctx.tab_bar:
             for name, module in tabs.items():
                 with gr.Tab(titles[name], id=name, visible=not (lock_models and name in ("model", "train"))):
                     ctx.tabs[name] = module.build(ctx)
@@ -72,7 +90,11 @@ def build_app(service: Service, benchmarks: Path, concurrency: int, training: Tr
         demo.load(compare.refresh_benchmarks, compare.bench_pick, [compare.bench_pick, compare.lat_fig,
                                                                    compare.measured],
                   api_name="benchmark_files", api_visibility="undocumented", **ctx.light)
+        generate = ctx.tabs["generate"]
+        demo.load(generate.from_link, None, generate.inputs, api_name="parameters_from_link",
+                  api_visibility="undocumented", **ctx.light)
         demo.load(train.overview, [train.runs_pick, train.train_layers],
-                  [train.runs_pick, train.train_note, train.train_layers],
+                  [train.runs_pick, train.train_note, train.train_layers, train.train_status, train.train_bar,
+                   train.loss_plot, train.run_box, train.run_info],
                   api_name="train_runs", api_visibility="undocumented", **ctx.light)
     return demo

@@ -1,7 +1,8 @@
 """The Compare race: raster, ZipAR and NAR on the same class and seed, interleaved by their own
 decode clocks. `Race` is the scheduler alone (no pixels, no sleeping): the decoder whose clock is
 smallest always runs next, so at every frame all panels show their state after (nearly) the same
-decode time. Its clock is injectable, so its order is tested with a made-up clock.
+decode time. Its clock is injectable, so its order is tested with a made-up clock. The race runs
+in its own thread at full speed; the view draws its newest frame when it has time (ui/live.py).
 """
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import numpy as np
 
 from nar.decode import StepRecord
 from nar.pipeline import Studio
-from nar.render import save_gif, save_png, tile, upscale
+from nar.render import compose_frame, save_gif, save_png, tile, upscale
 
 from .files import JobFiles
+from .live import LiveDecode, StepView, animation_steps, sample_view
 from .requests import GenerateRequest
-from .stream import FRAME_SCALE, ORDER_LABELS, DecodeRun, step_caption, wait_until
+from .stream import (ANIMATION_SCALE, FRAME_SCALE, ORDER_LABELS, DecodeRun, step_caption, stop_caption,
+                     wait_until)
 
 COMPARE_ORDERS = ("raster", "zipar", "nar")
 COMPARE_HEADERS = ["Order", "Steps", "Decode time (s)", "Images/s", "Speed-up vs raster"]
@@ -80,6 +83,16 @@ class Race:
 
 
 @dataclass
+class RaceFrame:
+    """The race at one of its frames, as tokens (cheap; drawn later if at all)."""
+    clock: float
+    steps: dict                       # order -> steps done
+    elapsed: dict                     # order -> decode seconds so far
+    grids: dict                       # order -> [1, n*n] tokens so far (a copy)
+    fronts: dict                      # order -> positions of its last step
+
+
+@dataclass
 class CompareUpdate:
     frames: dict                      # order -> frame
     captions: dict                    # order -> caption
@@ -90,47 +103,93 @@ class CompareUpdate:
     rows: list[list] = field(default_factory=list)
     images: dict = field(default_factory=dict)        # order -> final PNG
     gif: Optional[Path] = None
+    stopped: bool = False
+    kept: list = field(default_factory=list)          # every RaceFrame, in order (set once done)
 
 
-def compare_stream(studio: Studio, files: JobFiles, request: GenerateRequest, pace: float, max_frames: int,
-                   run: DecodeRun, clock: Clock = decode_clock) -> Iterator[CompareUpdate]:
-    """The race drawn: an update per frame the race calls for, then the final one with a table of
-    steps, seconds and images/s, the final images and a side-by-side GIF."""
+def race_frames(race: Race) -> Iterator[RaceFrame]:
+    """The race run to its end, a RaceFrame at every frame it calls for."""
+    for clock in race:
+        panels = race.panels.values()
+        yield RaceFrame(clock, {p.order: p.step for p in panels}, {p.order: p.elapsed for p in panels},
+                        {p.order: p.record.grid[:1].detach().cpu().clone() for p in panels},
+                        {p.order: p.record.positions.detach().cpu() for p in panels})
+
+
+def compare_stream(studio: Studio, files: JobFiles, request: GenerateRequest, replay: float, max_frames: int,
+                   run: DecodeRun, clock: Clock = decode_clock,
+                   started: Callable[[LiveDecode], None] = lambda d: None,
+                   wait: Callable[[Optional[float], float], float] = wait_until) -> Iterator[CompareUpdate]:
+    """The race in its own thread at full speed (three decoders interleaved in it), its newest
+    frame drawn whenever the view has time (ui/live.py); the kept frames replayed when `replay`
+    > 0; then the final update with a table of steps, seconds and images/s, the final images
+    and a side-by-side GIF (at most ANIMATION_STEPS frames and the last)."""
     steppers = {o: studio.decode_steps(o, request.class_ids[o], request.sampling, window=request.window)
                 for o in COMPARE_ORDERS}
-    race = Race(steppers, {o: len(studio.schedule(o, request.window)) for o in COMPARE_ORDERS}, clock, max_frames)
-    panels, movie, shown = race.panels, [], None
-    run.num_steps = sum(p.num_steps for p in panels.values())
+    num_steps = {o: len(studio.schedule(o, request.window)) for o in COMPARE_ORDERS}
+    race = Race(steppers, num_steps, clock, max_frames)
+    kept: list[RaceFrame] = []
+    run.num_steps = sum(num_steps.values())
+    decode = LiveDecode(race_frames(race), kept.append).start()
+    started(decode)
+    n = studio.vq.cfg.grid_size
 
-    def render() -> CompareUpdate:
-        for p in panels.values():
-            if p.dirty and p.record is not None:
-                p.frame = (upscale(studio.images(p.record.grid)[0], FRAME_SCALE) if p.done
-                           else studio.frames(p.record, scale=FRAME_SCALE)[0])  # no front once done
-                p.dirty = False
-        frames = {o: p.frame for o, p in panels.items()}
-        if all(f is not None for f in frames.values()):  # the GIF at half size keeps it small
-            movie.append(tile([frames[o][::2, ::2] for o in COMPARE_ORDERS], gap=2))
-        run.step = sum(p.step for p in panels.values())
-        return CompareUpdate(frames, {o: step_caption(o, p.step, p.num_steps, p.elapsed) for o, p in panels.items()},
-                             race.clock, elapsed={o: p.elapsed for o, p in panels.items()},
-                             steps={o: p.step for o, p in panels.items()})
+    def draw(frame: RaceFrame, final: bool = False) -> CompareUpdate:
+        pictures = {}
+        for o in COMPARE_ORDERS:
+            view = StepView(frame.steps[o] - 1, num_steps[o], frame.fronts[o], frame.grids[o], frame.elapsed[o])
+            finished = frame.steps[o] >= num_steps[o]
+            pictures[o] = (upscale(studio.images(view.grid)[0], FRAME_SCALE) if finished
+                           else studio.frames(view, scale=FRAME_SCALE)[0])    # no front once done
+        run.step = sum(frame.steps.values())
+        caption = stop_caption if final and decode.stopping else step_caption
+        captions = {o: (step_caption if frame.steps[o] >= num_steps[o] else caption)(
+            o, frame.steps[o], num_steps[o], frame.elapsed[o]) for o in COMPARE_ORDERS}
+        return CompareUpdate(pictures, captions, frame.clock, elapsed=dict(frame.elapsed), steps=dict(frame.steps))
 
-    for _ in race:
-        update = render()
-        if not race.done:
-            shown = wait_until(shown, pace)
+    try:
+        for update in sample_view(decode, lambda: draw(kept[-1])):
             yield update
-    update = render()
-    raster_s = panels["raster"].elapsed
+    except GeneratorExit:
+        decode.stop()
+        decode.join()
+        raise
+    decode.join()
+    if not kept:          # stopped before every decoder had a step: nothing to show
+        raise ValueError("the race was stopped before it started")
+    shown = None
+    if replay > 0:
+        for frame in kept:
+            update = draw(frame)
+            shown = wait(shown, replay)
+            update.captions = {o: f"replay · {c}" for o, c in update.captions.items()}
+            yield update
+    last = kept[-1]
+    update = draw(last, final=True)
+    update.stopped = any(last.steps[o] < num_steps[o] for o in COMPARE_ORDERS)
+    raster_s = last.elapsed["raster"]
     job = files.new("compare")
+    finals = {}
     for order in COMPARE_ORDERS:
-        p = panels[order]
         label = ORDER_LABELS[order] + (f" (window {request.window})" if order == "zipar" else "")
-        update.rows.append([label, p.num_steps, round(p.elapsed, 4), round(1.0 / max(p.elapsed, 1e-9), 2),
-                            f"{raster_s / max(p.elapsed, 1e-9):.2f}x"])
-        update.images[order] = save_png(studio.images(p.record.grid)[0], job / f"{order}.png")
+        seconds = last.elapsed[order]
+        steps = last.steps[order] if update.stopped else num_steps[order]
+        update.rows.append([label, steps, round(seconds, 4), round(1.0 / max(seconds, 1e-9), 2),
+                            f"{raster_s / max(seconds, 1e-9):.2f}x" if not update.stopped else "stopped"])
+        finals[order] = studio.images(last.grids[order])
+        update.images[order] = save_png(finals[order][0], job / f"{order}.png")
+    movie = []
+    for i in animation_steps(len(kept)):
+        frame = kept[i - 1]
+        panels = []
+        for o in COMPARE_ORDERS:      # drawn from the final images' pixels: no decode per frame
+            decoded = (frame.grids[o][0] >= 0).reshape(n, n).numpy()
+            front = np.zeros(n * n, dtype=bool)
+            if frame.steps[o] < num_steps[o]:
+                front[frame.fronts[o].numpy()] = True
+            panels.append(compose_frame(finals[o][0], decoded, front.reshape(n, n), ANIMATION_SCALE))
+        movie.append(tile(panels, gap=2))
     update.gif = save_gif(movie, job / "compare.gif", fps=min(20.0, max(4.0, len(movie) / 5)))
-    update.done = True
-    wait_until(shown, pace)
+    update.done, update.kept = True, kept
+    wait(shown, replay)
     yield update

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 
 from nar.loading import LoadedModel
@@ -24,7 +26,9 @@ from .models import Models
 from .race import COMPARE_ORDERS, Clock, CompareUpdate, compare_stream, decode_clock
 from .requests import GenerateRequest, frame_seconds, parse_measure, parse_request
 from .sessions import ModelRegistry, OwnModels, SharedModels, release_memory
-from .stream import DecodeTracker, GenerateUpdate, generate_stream, wait_until
+from .live import StopFlag
+from .results import ResultStore, scrub_frame
+from .stream import DecodeTracker, GenerateUpdate, generate_stream, no_wait, wait_until
 
 log = logging.getLogger("nar.ui")
 BUNDLED = "bundled"
@@ -38,12 +42,14 @@ def folder_models(folder: Path, device: Optional[str] = None, name: str = BUNDLE
 @dataclass(frozen=True)
 class DecodeJob:
     """A decode as it crosses into a ZeroGPU worker (pickled): the request and whose models."""
-    kind: str                                  # "generate" or "compare"
-    request: GenerateRequest
+    kind: str                                  # "generate", "compare" or "scrub"
+    request: Optional[GenerateRequest]
     shared: Optional[str]                      # a server model set by name, or
     own: Optional[tuple] = None                # a visitor's (tokenizer, NAR, raster)
     write_mp4: bool = True
     num_steps: int = 1
+    replay: float = 0.0                        # seconds a step: the replay's frames are drawn in the call
+    scrub: Optional[tuple] = None              # a "scrub" job: (KeptSteps, step, overlay)
 
 
 class Service:
@@ -59,6 +65,9 @@ class Service:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.files = JobFiles(out_dir)
         self.decodes = DecodeTracker()
+        self.results = ResultStore()
+        self._running: dict[str, list] = {}       # session -> its running decodes (what Stop stops)
+        self._running_lock = threading.Lock()
 
     @classmethod
     def from_folder(cls, folder: Path, device: Optional[str] = None, out_dir: Optional[Path] = None) -> "Service":
@@ -123,54 +132,127 @@ class Service:
         """A checked request (see ui.requests.parse_request) for these orders."""
         return parse_request(self.studio_for(session), orders, **fields)
 
-    def generate(self, request: GenerateRequest, min_frame_seconds: float = 0.0,
+    def generate(self, request: GenerateRequest, replay_seconds: float = 0.0,
                  write_mp4: bool = True, session: Optional[str] = None) -> Iterator[GenerateUpdate]:
-        """Decode and yield a frame after every step; the last update has the final images and
-        the animation files. A batch that does not fit in device memory is decoded at half the
-        size (down to one image, then a message), and the server keeps serving."""
-        pace = frame_seconds(min_frame_seconds)
-        studio = self.studio_for(session)
-        note, asked = "", request.num_images
-        while True:
-            try:
-                if zerogpu.active():
-                    yield from self._on_gpu("generate", request, session, pace, write_mp4, note)
-                    return
-                with self.decodes.track("generate") as run:
-                    for update in generate_stream(studio, self.files, request, pace, write_mp4, run):
-                        update.caption = note + update.caption
+        """The newest decoded step while the decoder runs at full speed (frames the view cannot
+        show are dropped), the kept steps replayed when `replay_seconds` > 0, then the final
+        images (the update has `result_id` in its summary), then the animation files.
+        `stop(session)` ends the decode cleanly at its next step. A batch that does not fit in
+        device memory is decoded at half the size (down to one image, then a message), and the
+        server keeps serving."""
+        replay = frame_seconds(replay_seconds)
+        note, asked, result_id = "", request.num_images, None
+        registered: list = []
+        try:
+            while True:
+                try:
+                    for update in self._generate_once(request, replay, write_mp4, session, registered):
+                        if note and not update.caption.startswith(note):
+                            update.caption = note + update.caption
+                        if update.kept is not None:    # the done update, and the files after it
+                            if result_id is None:
+                                result_id = self.results.add(update.kept, request_params(request), update.caption,
+                                                             str(update.images[0]) if update.images else None,
+                                                             session).id
+                            update.summary["result_id"] = result_id
                         yield update
-                return
-            except torch.OutOfMemoryError:
-                release_memory()
-                if request.num_images <= 1:
-                    raise ValueError("this request does not fit in the device's memory even for one image "
-                                     "(other decodes may hold it now); try again, or a smaller model") from None
-                half = request.num_images // 2
-                log.warning("generate: %d images did not fit in device memory; decoding %d", request.num_images,
-                            half)
-                note = f"(did not fit in device memory at {asked} images: decoded {half}) "
-                request = dataclasses.replace(request, num_images=half,
-                                              class_ids={o: t[:half] for o, t in request.class_ids.items()})
+                    return
+                except torch.OutOfMemoryError:
+                    release_memory()
+                    if request.num_images <= 1:
+                        raise ValueError("this request does not fit in the device's memory even for one image "
+                                         "(other decodes may hold it now); try again, or a smaller model") from None
+                    half = request.num_images // 2
+                    log.warning("generate: %d images did not fit in device memory; decoding %d",
+                                request.num_images, half)
+                    note = f"(did not fit in device memory at {asked} images: decoded {half}) "
+                    request = dataclasses.replace(request, num_images=half,
+                                                  class_ids={o: t[:half] for o, t in request.class_ids.items()})
+        finally:
+            self._forget(session, registered)
 
-    def compare(self, request: GenerateRequest, min_frame_seconds: float = 0.0, max_frames: int = 90,
+    def _generate_once(self, request: GenerateRequest, replay: float, write_mp4: bool, session: Optional[str],
+                       registered: list) -> Iterator[GenerateUpdate]:
+        if zerogpu.active():
+            yield from self._on_gpu("generate", request, session, replay, registered, write_mp4)
+            return
+        studio = self.studio_for(session)
+        with self.decodes.track("generate") as run:
+            yield from generate_stream(studio, self.files, request, replay, write_mp4, run,
+                                       self._register(session, registered))
+
+    def compare(self, request: GenerateRequest, replay_seconds: float = 0.0, max_frames: int = 90,
                 clock: Clock = decode_clock, session: Optional[str] = None) -> Iterator[CompareUpdate]:
-        """Raster, ZipAR and NAR on the same class and seed, interleaved by `clock` (ui/race.py)."""
-        pace = frame_seconds(min_frame_seconds)
+        """Raster, ZipAR and NAR on the same class and seed, interleaved by `clock` (ui/race.py);
+        `stop(session)` ends the race cleanly."""
+        replay = frame_seconds(replay_seconds)
         missing = [o for o in COMPARE_ORDERS if o not in request.class_ids]
         if missing:
             raise ValueError(f"the request was not checked for {', '.join(missing)}")
-        studio = self.studio_for(session)
+        registered: list = []
         try:
             if zerogpu.active():
-                yield from self._on_gpu("compare", request, session, pace)
+                yield from self._on_gpu("compare", request, session, replay, registered)
                 return
+            studio = self.studio_for(session)
             with self.decodes.track("compare") as run:
-                yield from compare_stream(studio, self.files, request, pace, max_frames, run, clock)
+                yield from compare_stream(studio, self.files, request, replay, max_frames, run, clock,
+                                          self._register(session, registered))
         except torch.OutOfMemoryError:
             release_memory()
             raise ValueError("the race does not fit in the device's memory now (other decodes may hold it); "
                              "try again in a moment") from None
+        finally:
+            self._forget(session, registered)
+
+    # -- Stop, and the kept results ------------------------------------------------------------------
+    def _register(self, session: Optional[str], registered: list):
+        def started(decode):
+            registered.append(decode)
+            with self._running_lock:
+                self._running.setdefault(session, []).append(decode)
+        return started
+
+    def _forget(self, session: Optional[str], decodes: list) -> None:
+        with self._running_lock:
+            running = self._running.get(session, [])
+            for d in decodes:
+                if d in running:
+                    running.remove(d)
+            if not running:
+                self._running.pop(session, None)
+
+    def stop(self, session: Optional[str] = None) -> str:
+        """Stop the decodes `session` is running (each ends at its next step and shows where)."""
+        with self._running_lock:
+            running = list(self._running.get(session, []))
+        for decode in running:
+            decode.stop()
+        return f"stopping {len(running)} decode{'s' if len(running) != 1 else ''}" if running else \
+            "nothing is decoding in this session"
+
+    def scrub(self, result_id: str, step, overlay: bool = False,
+              session: Optional[str] = None) -> tuple[np.ndarray, str]:
+        """The picture of one of the session's kept results after `step` steps (rendered now,
+        nothing decoded again) and its caption; the sampled tokens' probabilities as a heat map
+        when `overlay`."""
+        kept = self.results.get(result_id, session).kept
+        if not kept.done:
+            raise ValueError("that decode was stopped before its first step")
+        try:
+            step = max(1, min(int(step), kept.done))
+        except (TypeError, ValueError):
+            raise ValueError(f"step must be a whole number, got {step!r}") from None
+        conf = kept.confidence_at(step)
+        decoded = conf[~np.isnan(conf)]
+        note = (f" · sampled-token probability: median {np.median(decoded):.2f}, "
+                f"lowest {decoded.min():.2f} (red low, green high)" if overlay and decoded.size else "")
+        caption = (f"step {step}/{kept.num_steps} - {kept.elapsed[step - 1]:.2f} s of decoding"
+                   f"{' (stopped at ' + str(kept.done) + ')' if kept.stopped else ''}{note}")
+        if zerogpu.active():      # the tokenizer's decoder is on the GPU: draw it in a short GPU call
+            job = self._job("scrub", None, session, scrub=(kept, step, bool(overlay)))
+            return zerogpu.collect_on_gpu(job, zerogpu.BASE_SECONDS)[0], caption
+        return scrub_frame(self.studio_for(session), kept, step, overlay), caption
 
     def measure(self, batches: Sequence[int], window: int = 8, cfg: bool = True, rounds: int = 2,
                 progress: Optional[Callable[[float, str], None]] = None, session: Optional[str] = None) -> list[dict]:
@@ -183,34 +265,57 @@ class Service:
             release_memory()
             raise ValueError("these batch sizes do not fit in the device's memory; pick smaller ones") from None
 
-    # -- ZeroGPU: decode in one GPU call, pace here ------------------------------------------------
-    def _on_gpu(self, kind: str, request: GenerateRequest, session: Optional[str], pace: float,
-                write_mp4: bool = True, note: str = "") -> Iterator:
+    # -- ZeroGPU: decode (and draw) in one GPU call, pace here -----------------------------------------
+    def _job(self, kind: str, request: Optional[GenerateRequest], session: Optional[str], **fields) -> DecodeJob:
         entry = self.registry.entry(session)
         studio = entry.studio
-        orders = COMPARE_ORDERS if kind == "compare" else (request.order,)
-        steps = sum(len(studio.schedule(o, request.window)) for o in orders)
-        tokens = len(orders) * int(studio.vq.cfg.grid_size) ** 2
         # a worker forked at start-up holds the start-up model sets: anything else travels with the job
         travels = isinstance(entry, OwnModels) or self.registry.generation > 0
         own = (studio.vq, studio.models.get("nar"), studio.models.get("raster")) if travels else None
-        job = DecodeJob(kind, request, None if own else entry.name, own, write_mp4, steps)
+        return DecodeJob(kind, request, None if own else entry.name, own, **fields)
+
+    def _on_gpu(self, kind: str, request: GenerateRequest, session: Optional[str], replay: float,
+                registered: list, write_mp4: bool = True) -> Iterator:
+        """The decode, its live frames and its replay's frames drawn in one GPU call that never
+        sleeps; the replay is paced here. Stop ends the paced replay (the call has finished)."""
+        studio = self.studio_for(session)
+        orders = COMPARE_ORDERS if kind == "compare" else (request.order,)
+        steps = sum(len(studio.schedule(o, request.window)) for o in orders)
+        tokens = len(orders) * int(studio.vq.cfg.grid_size) ** 2
+        job = self._job(kind, request, session, write_mp4=write_mp4, num_steps=steps, replay=replay)
         updates = zerogpu.collect_on_gpu(job, zerogpu.decode_seconds(request.num_images, steps, tokens))
+        stop = StopFlag()
+        self._register(session, registered)(stop)
         shown = None
         for update in updates:
-            shown = wait_until(shown, pace)
-            if kind == "generate":
-                update.caption = note + update.caption
+            if stop.stopping and not update.done:
+                continue
+            shown = wait_until(shown, replay)
             yield update
 
-    def run_job(self, job: DecodeJob) -> Iterator:
-        """Inside a GPU call: the decode of a job, unpaced (the main process paces the replay)."""
+    def run_job(self, job: DecodeJob):
+        """Inside a GPU call: the decode of a job, never sleeping (the main process paces the replay)."""
         if job.own is not None:
             studio = Studio(*job.own)
         else:
             studio = self.registry.shared(job.shared).studio
+        if job.kind == "scrub":
+            return [scrub_frame(studio, *job.scrub)]
+        return self._decode_job(studio, job)
+
+    def _decode_job(self, studio: Studio, job: DecodeJob) -> Iterator:
         with self.decodes.track(job.kind) as run:
             if job.kind == "compare":
-                yield from compare_stream(studio, self.files, job.request, 0.0, 90, run, decode_clock)
+                yield from compare_stream(studio, self.files, job.request, job.replay, 90, run, decode_clock,
+                                          wait=no_wait)
             else:
-                yield from generate_stream(studio, self.files, job.request, 0.0, job.write_mp4, run)
+                yield from generate_stream(studio, self.files, job.request, job.replay, job.write_mp4, run,
+                                           wait=no_wait)
+
+
+def request_params(request: GenerateRequest) -> dict:
+    """What restores a request's inputs (the history, the share link)."""
+    s = request.sampling
+    return {"class": request.class_name, "seed": s.seed, "order": request.order, "window": request.window,
+            "images": request.num_images, "cfg": s.cfg_scale, "cfg_interval": s.cfg_interval,
+            "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p}

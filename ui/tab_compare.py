@@ -9,10 +9,11 @@ import gradio as gr
 
 from nar import plots
 from nar.bench import normalise_result, read_report
+from nar.classes import is_imagenet
 
-from .benchmarks import benchmark_files, measured_table
+from .benchmarks import benchmark_files, measured_table, uses_cuda_graphs
 from .context import Context, session
-from .inputs import PROBLEMS, Number, Slider, fail
+from .inputs import PROBLEMS, ClassBox, Number, Slider, fail
 from .race import COMPARE_HEADERS, COMPARE_ORDERS
 from .requests import MAX_FRAME_SECONDS
 from .stream import ORDER_LABELS, random_seed
@@ -26,34 +27,39 @@ def bench_choices(ctx: Context) -> list[str]:
 
 
 def build(ctx: Context) -> SimpleNamespace:
-    classes = ctx.models.class_names()
+    classes = ctx.models.class_names(COMPARE_ORDERS)      # the classes both models know
     t = SimpleNamespace()
     gr.Markdown("Raster, ZipAR and NAR decode the same class and seed. The three decoders run "
                 "interleaved, always advancing the one with the least decode time so far, so every "
                 "frame shows all three after the same decode time.")
     with gr.Row(equal_height=True):
-        t.cls = gr.Dropdown(classes, value=classes[0] if classes else None, label="Class",
-                            allow_custom_value=True, filterable=True, scale=3)
+        t.cls = ClassBox(classes, value=classes[0] if classes else None, label="Class",
+                         allow_custom_value=is_imagenet(classes), filterable=True, scale=3,
+                         info=ctx.class_info(ctx.models, COMPARE_ORDERS))
         with gr.Row(elem_id="cmp-seed-row", scale=3):
             t.seed = Number(0, label="Seed", precision=0, minimum=0, scale=3)
             t.dice = gr.Button("Random", scale=1, min_width=90, size="md")
         t.cfg = Slider(1.0, 15.0, value=4.0, step=0.25, label="CFG scale", scale=3)
     with gr.Row(equal_height=True):
-        t.window = Slider(1, ctx.models.grid_size(), value=ctx.default_window(), step=1,
+        t.window = Slider(1, ctx.models.grid_size(), value=ctx.default_window(), step=1, precision=0,
                           label="ZipAR window (tokens)", scale=3,
                           info="a row starts once the row above holds this many tokens")
-        t.pace = Slider(0.0, MAX_FRAME_SECONDS, value=0.05, step=0.05, scale=3,
-                        label="Playback: minimum seconds per frame", info="not counted in the decode times")
+        t.pace = Slider(0.0, MAX_FRAME_SECONDS, value=0.0, step=0.05, scale=3,
+                        label="Replay: seconds per frame",
+                        info="0 = real time only; else the finished race is replayed this slowly")
         with gr.Column(scale=3, min_width=200):
             t.button = gr.Button("Compare", variant="primary")
             t.stop = gr.Button("Stop", variant="stop", size="sm")
+            t.stop_note = gr.Markdown("", elem_classes="hint", label="Stop")
     t.images, t.captions = [], []
     with gr.Row(equal_height=True):
         for order in COMPARE_ORDERS:
             with gr.Column(min_width=200):
                 t.images.append(gr.Image(label=ORDER_LABELS[order], format="png", interactive=False, height=280,
-                                         elem_classes="panel", elem_id=f"panel-{order}", buttons=["fullscreen"]))
-                t.captions.append(gr.Markdown("", elem_classes="caption", elem_id=f"caption-{order}"))
+                                         elem_classes="panel", elem_id=f"panel-{order}", buttons=["fullscreen"],
+                                         alt_text=f"{ORDER_LABELS[order]} decoding of the class, step by step"))
+                t.captions.append(gr.Markdown("", elem_classes="caption", elem_id=f"caption-{order}",
+                                               label=f"{ORDER_LABELS[order]} caption"))
     with gr.Row():
         t.table = gr.Dataframe(headers=COMPARE_HEADERS, label="Measured in this run", interactive=False, scale=3,
                                elem_id="compare-table", datatype=["str", "number", "number", "number", "str"])
@@ -70,7 +76,7 @@ def build(ctx: Context) -> SimpleNamespace:
             t.bench_batches = gr.CheckboxGroup([1, 2, 4, 8, 16], value=[1, 2, 4], label="Batch sizes", scale=2)
             t.measure = gr.Button("Measure", scale=1)
         t.measured = gr.Dataframe(headers=["Order", "Batch", "Time per image (ms)", "Images/s"],
-                                  label="Measured now", interactive=False, visible=False)
+                                  label="Measured now, eager decoding", interactive=False, visible=False)
     return t
 
 
@@ -78,16 +84,17 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
     service = ctx.service
 
     # not under spaces.GPU: Service.compare asks ZeroGPU for the decode alone (ui/zerogpu.py)
-    def compare(class_name, seed, window, cfg_scale, seconds_per_frame, request: gr.Request = None):
+    def compare(class_name, seed: int, window: int, cfg_scale, replay_seconds_per_frame,
+                request: gr.Request = None):
         key = session(request)      # the visitor's models (ui/sessions.py)
         try:
             checked = service.request(COMPARE_ORDERS, session=key, class_name=class_name, seed=seed, window=window,
                                       cfg_scale=cfg_scale)
-            for u in service.compare(checked, seconds_per_frame, session=key):
+            for u in service.compare(checked, replay_seconds_per_frame, session=key):
                 images = [u.frames[o] for o in COMPARE_ORDERS]
                 captions = [u.captions[o] for o in COMPARE_ORDERS]
                 if u.done:
-                    yield (*images, *captions, u.rows, str(u.gif))
+                    yield (*images, *captions, u.rows, str(u.gif) if u.gif else None)
                 else:  # the table and GIF of the previous race clear as this one starts (see generate)
                     yield (*images, *captions, None, None)
         except PROBLEMS as e:
@@ -104,7 +111,8 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
             return plots.message_figure(str(e)), gr.update(visible=False)
         if not rows:
             return plots.message_figure(f"{path.name} holds no usable timings."), gr.update(visible=False)
-        return (plots.latency_figure(rows, f"Time per image vs batch size on {device} ({path.name})"),
+        graphs = ", CUDA graphs" if uses_cuda_graphs(path) else ""
+        return (plots.latency_figure(rows, f"Time per image vs batch size on {device} ({path.name}{graphs})"),
                 gr.update(visible=False))
 
     def refresh_benchmarks(current):
@@ -121,8 +129,8 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
         except PROBLEMS as e:
             raise fail(e) from None
         norm = [normalise_result(r) for r in rows]
-        fig = plots.latency_figure([r for r in norm if r], f"Time per image vs batch size, measured now on "
-                                                           f"{ctx.models.device_label()}")
+        fig = plots.latency_figure([r for r in norm if r], f"Time per image vs batch size, measured now (eager decoding) on "
+                                                           f"{ctx.models_for(request).device_label()}")
         return fig, gr.update(value=measured_table(rows), visible=True), gr.update(value=MEASURE)
 
     t.dice.click(random_seed, None, t.seed, api_name="random_seed_compare", **ctx.light)
@@ -132,7 +140,12 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
         api_description="Raster, ZipAR and NAR on the same class and seed, interleaved by decode time; "
                         "returns the final images, captions and a table of steps, seconds and images/s.",
         show_progress="minimal", **ctx.heavy)
-    t.stop.click(None, None, None, cancels=[event], api_name="stop_compare", api_visibility="undocumented")
+    def stop(request: gr.Request = None) -> str:
+        return service.stop(session(request))
+
+    t.stop.click(stop, None, t.stop_note,
+                 api_name="stop_compare", api_description="Stop this client's race; it ends with each decoder's "
+                 "state and a caption saying where it stopped.", **ctx.light)
     t.window.release(ctx.steps_plot, t.window, t.steps_fig, api_name="steps_plot", **ctx.light)
     t.bench_pick.input(show_benchmark, t.bench_pick, [t.lat_fig, t.measured], api_name="benchmark_plot", **ctx.light)
     t.measure.click(measure, [t.bench_batches, t.window], [t.lat_fig, t.measured, t.bench_pick], api_name="measure",

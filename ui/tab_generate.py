@@ -1,14 +1,26 @@
-"""The Generate tab: a class, an order and the sampling; the picture streams while it decodes."""
+"""The Generate tab: a class, an order and the sampling; the picture streams while it decodes
+(the decoder never waits for it); then a step slider over the kept steps, a confidence overlay,
+the session's history of results, and a link that restores a result's parameters."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import gradio as gr
 
+from nar.classes import is_imagenet
+
 from .context import Context, session
-from .inputs import PROBLEMS, Number, Slider, fail
+from .sessions import SessionModelGone
+from .history import EXAMPLES, History, query_values
+from .inputs import PROBLEMS, ClassBox, Number, Slider, fail
+from .live import ANIMATION_STEPS
 from .requests import MAX_FRAME_SECONDS
+from .results import share_query
 from .stream import random_seed
+
+
+def pick_index(evt: gr.SelectData):
+    return evt.index
 
 
 def build(ctx: Context) -> SimpleNamespace:
@@ -16,15 +28,16 @@ def build(ctx: Context) -> SimpleNamespace:
     t = SimpleNamespace()
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            t.cls = gr.Dropdown(classes, value=classes[0] if classes else None, label="Class",
-                                allow_custom_value=True, filterable=True)
+            t.cls = ClassBox(classes, value=classes[0] if classes else None, label="Class",
+                             allow_custom_value=is_imagenet(classes), filterable=True,
+                             info=ctx.class_info(ctx.models))
             with gr.Row(elem_id="seed-row"):
                 t.seed = Number(0, label="Seed", precision=0, scale=3, minimum=0)
                 t.dice = gr.Button("Random", scale=1, min_width=90, size="md")
-            t.num = Slider(1, 8, value=1, step=1, label="Number of images")
+            t.num = Slider(1, 8, value=1, step=1, precision=0, label="Number of images")
             t.order = gr.Radio([("NAR (diagonal front)", "nar"), ("Raster", "raster"), ("ZipAR", "zipar")],
-                               value="nar", label="Decoding order")
-            t.window = Slider(1, ctx.models.grid_size(), value=ctx.default_window(), step=1,
+                               value="nar", label="Decoding order", elem_id="gen-order")
+            t.window = Slider(1, ctx.models.grid_size(), value=ctx.default_window(), step=1, precision=0,
                               label="ZipAR window (tokens)",
                               info="a row starts once the row above holds this many tokens", visible=False)
             with gr.Accordion("Sampling", open=False):
@@ -36,22 +49,49 @@ def build(ctx: Context) -> SimpleNamespace:
                 with gr.Row():
                     t.top_k = Number(2000, label="Top-k", precision=0, info="0 = off", minimum=0)
                     t.top_p = Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p", info="1 = off")
-            t.pace = Slider(0.0, MAX_FRAME_SECONDS, value=0.1, step=0.05, label="Playback: minimum seconds per frame",
-                            info="slows the live view so the front can be followed; never counted in the decode time")
+            t.pace = Slider(0.0, MAX_FRAME_SECONDS, value=0.0, step=0.05, label="Replay: seconds per step",
+                            info="0 = real time only. Otherwise, after the decode (at full speed) the view "
+                                 "replays every step this slowly, so the front can be followed")
             with gr.Row():
-                t.button = gr.Button("Generate", variant="primary", scale=3, min_width=120)
-                t.stop = gr.Button("Stop", variant="stop", scale=1, min_width=60)
+                t.button = gr.Button("Generate", variant="primary", scale=3, min_width=120, elem_id="gen-button")
+                t.stop = gr.Button("Stop", variant="stop", scale=1, min_width=60, elem_id="gen-stop")
+            t.stop_note = gr.Markdown("", elem_classes="hint", label="Stop", elem_id="gen-stop-note")
         with gr.Column(scale=2):
-            t.live = gr.Image(label="Decoding (undecoded tokens blank, front outlined)", format="png",
-                              interactive=False, height=360, elem_id="live", buttons=["download", "fullscreen"])
-            t.caption = gr.Markdown("Pick a class and press **Generate**.", elem_id="gen-caption",
-                                    elem_classes="caption")
+            t.live = gr.Image(label="Decoding", format="png",
+                              interactive=False, height=360, elem_id="live", buttons=["download", "fullscreen"],
+                              alt_text="The images being decoded: decoded tokens shown, undecoded ones blank, "
+                                       "the current front outlined")
+            t.caption = gr.Markdown("Pick a class and press **Generate**. The view shows the newest step "
+                                    "(undecoded tokens blank, the front outlined) while the decoder runs at "
+                                    "full speed.", elem_id="gen-caption", elem_classes="caption",
+                                    label="Caption")
+            with gr.Row(elem_id="scrub-row"):
+                t.scrub = Slider(1, 2, value=1, step=1, precision=0, label="Step", interactive=False, scale=3,
+                                 elem_id="scrub", info="after a decode: any kept step, drawn from its tokens (nothing decoded again)")
+                t.overlay = gr.Checkbox(False, label="Confidence overlay", scale=1, elem_id="overlay",
+                                        info="probability of each sampled token: red low, green high")
             t.gallery = gr.Gallery(label="Final images (model resolution)", columns=4, height=220,
                                    object_fit="contain", elem_id="final-gallery", format="png", fit_columns=False,
                                    buttons=["download", "download_all", "fullscreen"])
             with gr.Row():
                 t.gif = gr.File(label="Animation (GIF)", elem_id="gen-gif", height=90)
                 t.mp4 = gr.File(label="Animation (MP4)", elem_id="gen-mp4", height=90)
+            gr.Markdown(f"The animations show at most {ANIMATION_STEPS} evenly spaced steps and the last "
+                        "(all 256 raster steps would be a film nobody watches), at 2x, drawn from the final "
+                        "images; the step slider shows every step.", elem_classes="hint")
+            t.share = gr.Markdown("", elem_id="share-link", label="Share link")
+    t.result = gr.State(None)              # the id of the shown result (Service.results)
+    t.history_state = gr.State([])         # this session's results, newest first
+    t.picked = gr.State(None)
+    with gr.Accordion("History and examples", open=True, elem_id="history"):
+        with gr.Row():
+            t.examples = [gr.Button(f"{e['class']} · seed {e['seed']} · {e['order']}", size="sm",
+                                    elem_classes="example") for e in EXAMPLES if e["class"] in classes]
+        t.history = gr.Gallery(label="This session's results (pick one)", columns=6, height=170, allow_preview=False,
+                               object_fit="contain", elem_id="history-gallery", format="png")
+        with gr.Row():
+            t.restore = gr.Button("Restore its parameters", size="sm", elem_id="restore")
+            t.to_compare = gr.Button("Send to Compare", size="sm", elem_id="to-compare")
     return t
 
 
@@ -59,31 +99,84 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
     service = ctx.service
 
     # not under spaces.GPU: Service.generate asks ZeroGPU for the decode alone (ui/zerogpu.py)
-    def generate(class_name, num_images, seed, order, window, cfg_scale, cfg_interval, temperature,
-                 top_k, top_p, seconds_per_frame, request: gr.Request = None):
+    def generate(class_name, num_images: int, seed: int, order, window: int, cfg_scale, cfg_interval: int,
+                 temperature, top_k: int, top_p, replay_seconds_per_step, request: gr.Request = None):
         key = session(request)      # the visitor's models (ui/sessions.py)
         try:
             checked = service.request([order], session=key, class_name=class_name, num_images=num_images,
                                       window=window, cfg_scale=cfg_scale, cfg_interval=cfg_interval,
                                       temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-            for u in service.generate(checked, seconds_per_frame, session=key):
+            for u in service.generate(checked, replay_seconds_per_step, session=key):
                 if u.done:
                     yield (u.frame, u.caption, [(str(p), label) for p, label in zip(u.images, u.labels)],
-                           str(u.gif), str(u.mp4) if u.mp4 else None)
+                           str(u.gif) if u.gif else None, str(u.mp4) if u.mp4 else None,
+                           u.summary.get("result_id"))
                 else:  # the previous results are cleared as the new decode starts. (Not gr.skip():
                     # Gradio builds a new component for every skipped output of every frame, and
                     # that cost memory on each request in the load test; None costs nothing.)
-                    yield u.frame, u.caption, None, None, None
+                    yield u.frame, u.caption, None, None, None, None
         except PROBLEMS as e:
             raise fail(e) from None
+
+    def stop(request: gr.Request = None) -> str:
+        return service.stop(session(request))
+
+    def show_step(result_id, step: int, confidence_overlay: bool, request: gr.Request = None):
+        try:
+            return service.scrub(result_id, step, bool(confidence_overlay), session=session(request))
+        except PROBLEMS as e:
+            raise fail(e) from None
+
+    def after_generate(result_id, history, request: gr.Request = None):
+        """The scrubber over the new result's kept steps, the history and the share link."""
+        if not result_id:
+            return gr.update(), history, gr.update(), ""
+        try:
+            result = service.results.get(result_id, session(request))
+        except ValueError as e:
+            raise fail(e) from None
+        history = History(history).add(result)
+        return (gr.update(minimum=1, maximum=max(2, result.kept.done), value=result.kept.done,
+                          interactive=result.kept.done > 0),
+                history.entries, history.gallery(),
+                f"[Link to these parameters]({share_query(result.params)}) · {result.caption}")
 
     t.dice.click(random_seed, None, t.seed, api_name="random_seed", **ctx.light)
     t.order.change(lambda o: gr.update(visible=o == "zipar"), t.order, t.window,
                    api_name="order_changed", api_visibility="undocumented", **ctx.light)
+    inputs = [t.cls, t.num, t.seed, t.order, t.window, t.cfg, t.cfg_interval, t.temperature, t.top_k, t.top_p]
     event = t.button.click(
-        generate, [t.cls, t.num, t.seed, t.order, t.window, t.cfg, t.cfg_interval, t.temperature, t.top_k,
-                   t.top_p, t.pace],
-        [t.live, t.caption, t.gallery, t.gif, t.mp4], api_name="generate",
-        api_description="Decode images of a class; streams one frame per step, returns the final "
-                        "images and the animation (GIF, MP4).", show_progress="minimal", **ctx.heavy)
-    t.stop.click(None, None, None, cancels=[event], api_name="stop_generate", api_visibility="undocumented")
+        generate, [*inputs, t.pace],
+        [t.live, t.caption, t.gallery, t.gif, t.mp4, t.result], api_name="generate",
+        api_description="Decode images of a class. Streams the newest decoded step while the decoder runs at "
+                        "full speed, then the final images, then the animation (GIF, MP4). Stop it with "
+                        "/stop_generate from the same client.", show_progress="minimal",
+        trigger_mode="always_last", **ctx.heavy)   # a click while the files are written runs next
+    event.then(after_generate, [t.result, t.history_state], [t.scrub, t.history_state, t.history, t.share],
+               api_name="after_generate", api_visibility="undocumented", **ctx.light)
+    t.stop.click(stop, None, t.stop_note, api_name="stop_generate",
+                 api_description="Stop this client's running decode; it ends at its next step with the images "
+                                 "so far, the caption says where it stopped.", **ctx.light)
+    gr.on([t.scrub.input, t.overlay.input], show_step, inputs=[t.result, t.scrub, t.overlay],
+          outputs=[t.live, t.caption], trigger_mode="always_last",
+          api_name="show_step", api_description="The picture of the last result after a step, drawn from its "
+          "kept tokens, optionally with the sampled tokens' probabilities as a heat map.", **ctx.light)
+    t.history.select(pick_index, None, t.picked, api_name="pick_result", api_visibility="undocumented",
+                     **ctx.light)
+    t.restore.click(lambda i, h: History(h).restore(i), [t.picked, t.history_state], inputs,
+                    api_name="restore_result", api_visibility="undocumented", **ctx.light)
+    t.to_compare.click(lambda i, h: History(h).to_compare(i), [t.picked, t.history_state], ctx.compare_inputs(),
+                       api_name="send_to_compare", api_visibility="undocumented", **ctx.light)
+    for i, (button, example) in enumerate(zip(t.examples, [e for e in EXAMPLES if e["class"] in
+                                                           ctx.models.class_names()])):
+        button.click(lambda e=example: History.values(e), None, inputs, api_name=f"example_{i}",
+                     api_visibility="undocumented", **ctx.light)
+
+    def from_link(request: gr.Request = None):
+        query = dict(getattr(request, "query_params", None) or {})
+        try:
+            names = ctx.models_for(request).class_names()
+        except SessionModelGone:
+            names = ctx.models.class_names()
+        return query_values(query, names)
+    t.from_link, t.inputs = from_link, inputs       # run on page load (ui/layout.py)

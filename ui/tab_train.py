@@ -71,7 +71,7 @@ def build(ctx: Context) -> SimpleNamespace:
     with gr.Row(equal_height=True):
         loss_plot = gr.LinePlot(None, x="step", y="loss", color="curve",
                                 label="Training loss (grey: every step, orange: moving average)",
-                                height=260, scale=3, x_title="step", y_title="cross-entropy (nats/token)",
+                                height=260, scale=3, x_title="step", x_axis_format="d", y_title="cross-entropy (nats/token)",
                                 color_title="", elem_id="loss-plot",
                                 color_map={"loss per step": "#94a3b8", "moving average": "#ea580c"})
         train_preview = gr.Image(label="NAR samples (every few steps while training)", format="png",
@@ -211,8 +211,17 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
             choices = ctx.training.layer_choices(session(request))
         except ValueError:   # the session's own model was dropped: the refresh says so
             choices = ctx.training.layer_choices()
-        return (runs_update(current_run), note,
-                gr.update(choices=choices, value=layers if layers in [v for _, v in choices] else "all"))
+        runs = runs_update(current_run)
+        picked = runs.get("value")
+        shown = (gr.skip(),) * 5
+        if picked:    # a reloaded page shows the latest run's state and its whole loss curve
+            try:
+                view = ctx.training.view(picked)
+                shown = run_outputs(view, {"preview": -1})[:3] + (view.run_id, view.info)
+            except ValueError:
+                pass
+        return (runs, note,
+                gr.update(choices=choices, value=layers if layers in [v for _, v in choices] else "all"), *shown)
 
     scan = dict(concurrency_id="scan", concurrency_limit=2, show_progress="minimal")
     stream = dict(concurrency_limit=None, show_progress="hidden")  # watching costs nothing; one job runs

@@ -248,8 +248,10 @@ class TrainingService:
 
     def cancel(self, run_id: str, session: Optional[str] = None) -> str:
         """Stop the run training now: only the session that started (or resumed) it may."""
-        run_id = self._check_id(run_id)
         job = self.manager.current
+        if not str(run_id or "").strip() and (job is None or not job.thread.is_alive()):
+            raise ValueError("no run is training now: there is nothing to cancel")
+        run_id = self._check_id(run_id)
         if job is None or job.run_id != run_id or not job.thread.is_alive():
             raise ValueError(f"run {run_id} is not training now")
         if getattr(job, "owner", None) != session:

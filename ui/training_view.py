@@ -115,7 +115,7 @@ def job_view(job: FineTuneJob) -> RunView:
     st = job.state
     alive = job.thread.is_alive()
     status = st.status if (alive or st.status in FINISHED) else "failed"
-    losses = list(st.losses)
+    losses = whole_run_losses(job)
     total = st.total_steps
     rid = f"`{job.run_id}`"
     last_loss = f" · loss {losses[-1][1]:.3f}" if losses else ""
@@ -151,6 +151,19 @@ def job_view(job: FineTuneJob) -> RunView:
             "checkpoint": st.checkpoint.name if st.checkpoint else None}
     return RunView(job.run_id, status, text, bar, losses, st.preview, st.preview_step, caption,
                    finished=not alive, info=info)
+
+
+def whole_run_losses(job: FineTuneJob) -> list[tuple[int, float]]:
+    """The losses of the whole run: a resumed job holds only its own steps, the earlier ones are
+    in the run's metrics log (read once per job)."""
+    own = list(job.state.losses)
+    earlier = getattr(job, "_earlier_losses", None)
+    if earlier is None:
+        first = own[0][0] if own else None
+        earlier = [] if first is None else [(s, v) for s, v in read_losses(job.run_dir) if s < first]
+        if own:
+            job._earlier_losses = earlier
+    return earlier + own
 
 
 def _finished_after(job: FineTuneJob) -> float:

@@ -10,8 +10,10 @@ arguments and results cross the process boundary pickled. So here:
 - model loads, resets and "Use this model" run in the main process, undecorated: a load inside a
   GPU call would change only the worker's copy of the models;
 - a decode runs inside one GPU call that asks for time sized by the request (`decode_seconds`:
-  batch x steps), collects its frames and returns them; the playback pacing happens afterwards in
-  the main process (`replay`), so GPU time is never spent sleeping;
+  batch x steps): the decoder thread at full speed with the view sampling it, then the replay's
+  frames drawn without sleeping (the tokenizer's decoder is on the GPU); the frames come back and
+  the replay is paced afterwards in the main process, so GPU time is never spent sleeping. Stop
+  ends that paced replay. A scrubbed step is drawn in a short call of its own (`BASE_SECONDS`);
 - fine-tuning runs on the CPU (a background thread outside any GPU call cannot use the GPU).
 """
 from __future__ import annotations
