@@ -57,7 +57,8 @@ class Case:
 
     @cached_property
     def schedule(self) -> Schedule:
-        return make_schedule(self.order, self.model.config.grid_size, self.window or 8)
+        cfg = self.model.config
+        return make_schedule(self.order, cfg.grid_size, self.window or 8, frames=cfg.frames)
 
     def run(self) -> None:
         ids = torch.zeros(self.batch, dtype=torch.long)
@@ -378,11 +379,19 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="on a GPU, launch every step's kernels instead of replaying captured CUDA graphs")
     p.add_argument("--out-dir", default=str(ROOT / "runs" / "bench"),
                    help="where the JSON and plots go (pass benchmarks to replace the committed results)")
+    p.add_argument("--video", action="store_true",
+                   help="the video cases instead (nar/bench_video.py): bundled 4x8x8 clips and random 4x16x16 ones")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     device = pick_device(args.device)
     dtype = pick_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
     log = lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    if args.video:
+        from .bench_video import run_video       # imported here: it imports this module
+        report = run_video(args, device, dtype, log)
+        if args.json:
+            print(json.dumps(report))
+        return
     try:
         vq, nar_loaded, raster_loaded = load_folder(Path(args.checkpoints), device=device, dtype=dtype)
         nar_model, raster_model = nar_loaded.model, raster_loaded.model
