@@ -39,6 +39,7 @@ from ui.service import Service
 from ui.sessions import DEFAULT_SESSION_MODELS, ModelRegistry
 from ui.stream import warm_up
 from ui.training import TrainingService
+from ui.video import load_video_models
 from ui.zerogpu import active as zerogpu_active, startup_device
 
 ROOT = Path(__file__).resolve().parent
@@ -138,7 +139,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         shared = [shared_loader(name, None if missing else folder, device)() for name in names]
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: cannot load the server's models ({', '.join(names)}): {e}")
-    service = Service(registry=ModelRegistry(shared, args.session_models), checkpoint_dir=None if missing else folder)
+    # the video models are the folder's, shared by every visitor; on ZeroGPU they decode on the CPU
+    video, video_note = load_video_models(None if missing else folder, "cpu" if zerogpu_active() else device)
+    service = Service(registry=ModelRegistry(shared, args.session_models), checkpoint_dir=None if missing else folder,
+                      video=video, video_note=video_note)
     atexit.register(shutil.rmtree, service.out_dir, ignore_errors=True)
     try:
         training = TrainingService(service, args.runs_dir)

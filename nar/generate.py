@@ -167,8 +167,7 @@ def run(args) -> dict:
 
 def run_video(args) -> dict:
     """Clips from the bundled video models (or --checkpoint, a video model of the order's kind)."""
-    from .render import upscale
-    from .video import BUNDLED_VIDEO, VideoStudio, model_kind
+    from .video import BUNDLED_VIDEO, VideoStudio, model_kind, save_clip
     if args.num_images < 1 or args.num_images > 16:
         raise ValueError("--num-images must be in [1, 16] for clips")
     if args.preset or args.filename or args.arch:
@@ -188,15 +187,8 @@ def run_video(args) -> dict:
             if animate:  # drawing frames is not counted in record.elapsed
                 views.append(tile(studio.frames(record, shape)))
         clips = studio.clips(record.grid, shape[0])
-    # the clip itself: time runs through the frames (clips of a batch side by side), shown 4x
-    played = [upscale(tile([c[k] for c in clips]), 4) for k in range(shape[0])]
     out = args.out if args.out != "out.png" else "clip.mp4"
-    if out.endswith(".png"):
-        saved = save_png(upscale(tile([tile(list(c), gap=2) for c in clips], columns=1), 4), out)
-    elif out.endswith(".gif"):
-        saved = save_gif(played, out, fps=4, hold_last=0.25)
-    else:
-        saved = save_mp4(played * 3, out, fps=4, hold_last=0.25)
+    saved = save_clip(clips, out)
     outputs = {"out": str(saved)}
     if args.gif:
         outputs["gif"] = str(save_gif(views, args.gif, fps=args.fps))

@@ -18,7 +18,7 @@ from .checkpoint import CheckpointError
 from .config import SamplingConfig
 from .decode import StepRecord, decode_steps
 from .loading import BUNDLED_DIR, LoadedModel, load
-from .render import compose_clip_frame, to_uint8
+from .render import compose_clip_frame, save_gif, save_mp4, save_png, tile, to_uint8, upscale
 from .schedules import Schedule, make_schedule
 
 BUNDLED_VIDEO = {"nar": BUNDLED_DIR / "video_nar.safetensors",
@@ -121,3 +121,16 @@ class VideoStudio:
         front = front.reshape(shape)
         return [compose_clip_frame(clip, d, front, scale)
                 for clip, d in zip(self.clips(record.grid, shape[0]), decoded)]
+
+
+def save_clip(clips: np.ndarray, path: str | Path, scale: int = 4) -> Path:
+    """Clips uint8 [B, T, H, W, 3] as a file by its suffix: an MP4 or GIF in which time runs through
+    the frames (the clips of a batch side by side, shown `scale` x, at 4 frames a second), or a PNG
+    of every clip's frames side by side, one clip a row."""
+    played = [upscale(tile([clip[k] for clip in clips]), scale) for k in range(clips.shape[1])]
+    path = str(path)
+    if path.endswith(".png"):
+        return save_png(upscale(tile([tile(list(clip), gap=2) for clip in clips], columns=1), scale), path)
+    if path.endswith(".gif"):
+        return save_gif(played, path, fps=4, hold_last=0.25)
+    return save_mp4(played * 3, path, fps=4, hold_last=0.25)      # three loops: a 1 s clip is too short to see

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 import gradio as gr
 
-from . import tab_compare, tab_generate, tab_model, tab_train, zerogpu
+from . import tab_compare, tab_generate, tab_model, tab_train, tab_video, zerogpu
 from .context import Context
 from .inputs import Blocks
 from .service import Service
@@ -13,12 +13,12 @@ from .training import TrainingService
 
 CSS = """
 .gradio-container { max-width: 1280px !important; margin: 0 auto !important; }
-#live img, .panel img, #final-gallery img { image-rendering: pixelated; }
+#live img, .panel img, #final-gallery img, #video-live img, #video-gif img { image-rendering: pixelated; }
 #live img, .panel img { width: 100%; height: 100%; object-fit: contain; }
 .caption { font-variant-numeric: tabular-nums; min-height: 1.6em; }
 .caption p { margin: 0.25em 0 !important; }
 #header p { margin-top: 0 !important; color: var(--body-text-color-subdued); }
-#seed-row, #cmp-seed-row { align-items: end; }
+#seed-row, #cmp-seed-row, #video-seed-row { align-items: end; }
 #train-preview img, #scan-thumbs img { image-rendering: pixelated; }
 #train-preview img { width: 100%; height: 100%; object-fit: contain; }
 .hint p { margin: 0 !important; font-size: var(--text-sm); color: var(--body-text-color-subdued); }
@@ -70,8 +70,9 @@ def build_app(service: Service, benchmarks: Path, concurrency: int, training: Tr
     `lock_models` turns the Model and Train tabs off for visitors."""
     ctx = Context(service, training, Path(benchmarks), concurrency, lock_models=lock_models)
     zerogpu.serve(service)      # the GPU call is decorated before launch
-    tabs = {"generate": tab_generate, "compare": tab_compare, "model": tab_model, "train": tab_train}
-    titles = {"generate": "Generate", "compare": "Compare", "model": "Model", "train": "Train"}
+    tabs = {"generate": tab_generate, "compare": tab_compare, "video": tab_video, "model": tab_model,
+            "train": tab_train}
+    titles = {"generate": "Generate", "compare": "Compare", "video": "Video", "model": "Model", "train": "Train"}
     with Blocks(title="NAR Studio", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# NAR Studio", elem_id="title")
         ctx.tabs["header"] = gr.Markdown(ctx.device_line(), elem_id="header")

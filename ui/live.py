@@ -181,3 +181,15 @@ def sample_view(decode: LiveDecode, render: Callable[[], object], clock: Callabl
         if decode.finished:
             return
         decode.pause(max(min_gap, busy * (1.0 / share - 1.0)))
+
+
+def watch(decode: LiveDecode, render: Callable[[], object]) -> Iterator[object]:
+    """sample_view's frames, then the decode joined; a consumer that goes away (a cancelled
+    request, a client that left: the generator is closed) stops the decode at its next step."""
+    try:
+        yield from sample_view(decode, render)
+    except GeneratorExit:
+        decode.stop()
+        decode.join()
+        raise
+    decode.join()

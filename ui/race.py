@@ -116,6 +116,23 @@ def race_frames(race: Race) -> Iterator[RaceFrame]:
                         {p.order: p.record.positions.detach().cpu() for p in panels})
 
 
+def race_captions(frame: RaceFrame, num_steps: dict, stopped: bool) -> dict:
+    """Each order's caption at a race frame: its step, or done, or (a stopped race's last frame)
+    where it stopped."""
+    caption = stop_caption if stopped else step_caption
+    return {o: (step_caption if frame.steps[o] >= num_steps[o] else caption)(
+        o, frame.steps[o], num_steps[o], frame.elapsed[o]) for o in frame.steps}
+
+
+def race_row(last: RaceFrame, order: str, num_steps: int, window: int, stopped: bool) -> list:
+    """One order's row of a race's table (one image or clip each): its label, steps, decode
+    seconds, images (clips) per second and speed-up against raster."""
+    label = ORDER_LABELS[order] + (f" (window {window})" if order == "zipar" else "")
+    seconds, raster_s = last.elapsed[order], last.elapsed["raster"]
+    return [label, last.steps[order] if stopped else num_steps, round(seconds, 4),
+            round(1.0 / max(seconds, 1e-9), 2), f"{raster_s / max(seconds, 1e-9):.2f}x" if not stopped else "stopped"]
+
+
 def compare_stream(studio: Studio, files: JobFiles, request: GenerateRequest, replay: float, max_frames: int,
                    run: DecodeRun, clock: Clock = decode_clock,
                    started: Callable[[LiveDecode], None] = lambda d: None,
@@ -142,9 +159,7 @@ def compare_stream(studio: Studio, files: JobFiles, request: GenerateRequest, re
             pictures[o] = (upscale(studio.images(view.grid)[0], FRAME_SCALE) if finished
                            else studio.frames(view, scale=FRAME_SCALE)[0])    # no front once done
         run.step = sum(frame.steps.values())
-        caption = stop_caption if final and decode.stopping else step_caption
-        captions = {o: (step_caption if frame.steps[o] >= num_steps[o] else caption)(
-            o, frame.steps[o], num_steps[o], frame.elapsed[o]) for o in COMPARE_ORDERS}
+        captions = race_captions(frame, num_steps, final and decode.stopping)
         return CompareUpdate(pictures, captions, frame.clock, elapsed=dict(frame.elapsed), steps=dict(frame.steps))
 
     try:
@@ -167,15 +182,10 @@ def compare_stream(studio: Studio, files: JobFiles, request: GenerateRequest, re
     last = kept[-1]
     update = draw(last, final=True)
     update.stopped = any(last.steps[o] < num_steps[o] for o in COMPARE_ORDERS)
-    raster_s = last.elapsed["raster"]
     job = files.new("compare")
     finals = {}
     for order in COMPARE_ORDERS:
-        label = ORDER_LABELS[order] + (f" (window {request.window})" if order == "zipar" else "")
-        seconds = last.elapsed[order]
-        steps = last.steps[order] if update.stopped else num_steps[order]
-        update.rows.append([label, steps, round(seconds, 4), round(1.0 / max(seconds, 1e-9), 2),
-                            f"{raster_s / max(seconds, 1e-9):.2f}x" if not update.stopped else "stopped"])
+        update.rows.append(race_row(last, order, num_steps[order], request.window, update.stopped))
         finals[order] = studio.images(last.grids[order])
         update.images[order] = save_png(finals[order][0], job / f"{order}.png")
     movie = []

@@ -80,15 +80,17 @@ class GenerateRequest:
 
 def parse_request(studio: Studio, orders: Sequence[str], class_name=0, num_images=1, window=8,
                   cfg_scale=4.0, cfg_interval=-1, temperature=1.0, top_k=2000, top_p=1.0,
-                  seed=0) -> GenerateRequest:
+                  seed=0, grid_size: Optional[int] = None, max_images: int = MAX_IMAGES,
+                  count_name: str = "number of images") -> GenerateRequest:
     """Validate a request for the given orders (the first is the request's order). Raises
-    ValueError naming every problem."""
+    ValueError naming every problem. `studio` is a Studio or a VideoStudio (then `grid_size` is
+    its frames' side, `max_images` and `count_name` are about clips)."""
     problems: list[str] = []
     for order in orders:
         if order not in ORDERS:
             problems.append(f"unknown order {order!r}; choose from {', '.join(ORDERS)}")
-    num = in_range("number of images", num_images, 1, MAX_IMAGES, problems)
-    n = int(studio.vq.cfg.grid_size)
+    num = in_range(count_name, num_images, 1, max_images, problems)
+    n = int(grid_size or studio.vq.cfg.grid_size)
     if "zipar" in orders:
         w = as_int("ZipAR window", window, problems)
         if w is not None and not 1 <= w <= n:

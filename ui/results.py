@@ -66,6 +66,21 @@ def params_caption(params: dict) -> str:
             f"{params['images']} image{'s' if params['images'] != 1 else ''} · CFG {params['cfg']}")
 
 
+def kept_step(kept: KeptSteps, step) -> int:
+    """A scrubber's step as a kept step (1 to the steps kept), or ValueError."""
+    if not kept.done:
+        raise ValueError("that decode was stopped before its first step")
+    try:
+        return max(1, min(int(step), kept.done))
+    except (TypeError, ValueError):
+        raise ValueError(f"step must be a whole number, got {step!r}") from None
+
+
+def scrub_caption(kept: KeptSteps, step: int) -> str:
+    return (f"step {step}/{kept.num_steps} - {kept.elapsed[step - 1]:.2f} s of decoding"
+            f"{' (stopped at ' + str(kept.done) + ')' if kept.stopped else ''}")
+
+
 def scrub_frame(studio, kept: KeptSteps, step: int, overlay: bool) -> np.ndarray:
     """The picture after `step` kept steps, rendered now from its tokens (no decoding), with the
     sampled tokens' probabilities as a heat map when `overlay`."""

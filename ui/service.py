@@ -19,6 +19,7 @@ import torch
 
 from nar.loading import LoadedModel
 from nar.pipeline import Studio
+from nar.video import VideoStudio
 
 from . import benchmarks, zerogpu
 from .files import JobFiles
@@ -27,8 +28,10 @@ from .race import COMPARE_ORDERS, Clock, CompareUpdate, compare_stream, decode_c
 from .requests import GenerateRequest, frame_seconds, parse_measure, parse_request
 from .sessions import ModelRegistry, OwnModels, SharedModels, release_memory
 from .live import StopFlag
-from .results import ResultStore, scrub_frame
+from .results import ResultStore, kept_step, scrub_caption, scrub_frame
 from .stream import DecodeTracker, GenerateUpdate, generate_stream, no_wait, wait_until
+from .video import (NO_VIDEO, VideoUpdate, load_video_models, parse_video_request, scrub_view, video_race_stream,
+                    video_stream)
 
 log = logging.getLogger("nar.ui")
 BUNDLED = "bundled"
@@ -54,7 +57,8 @@ class DecodeJob:
 
 class Service:
     def __init__(self, studio: Optional[Studio] = None, out_dir: Optional[Path] = None,
-                 checkpoint_dir: Optional[Path] = None, registry: Optional[ModelRegistry] = None):
+                 checkpoint_dir: Optional[Path] = None, registry: Optional[ModelRegistry] = None,
+                 video: Optional[VideoStudio] = None, video_note: str = ""):
         if registry is None:
             if studio is None:
                 raise ValueError("give a Studio or a ModelRegistry")
@@ -68,10 +72,14 @@ class Service:
         self.results = ResultStore()
         self._running: dict[str, list] = {}       # session -> its running decodes (what Stop stops)
         self._running_lock = threading.Lock()
+        self.video = video                        # the server's video models (shared, read-only) or None
+        self.video_note = video_note or ("" if video is not None else NO_VIDEO)   # what the Video tab says
 
     @classmethod
     def from_folder(cls, folder: Path, device: Optional[str] = None, out_dir: Optional[Path] = None) -> "Service":
-        return cls(Studio.from_pretrained(folder, device), out_dir=out_dir, checkpoint_dir=folder)
+        studio = Studio.from_pretrained(folder, device)
+        video, note = load_video_models(folder, studio.device)
+        return cls(studio, out_dir=out_dir, checkpoint_dir=folder, video=video, video_note=note)
 
     @property
     def out_dir(self) -> Path:
@@ -205,6 +213,52 @@ class Service:
         finally:
             self._forget(session, registered)
 
+    # -- clips (ui/video.py): the server's video models for every session --------------------------
+    def video_request(self, orders: Sequence[str], **fields) -> GenerateRequest:
+        """A checked clip request (see ui.video.parse_video_request) for these orders."""
+        return parse_video_request(self.video, orders, **fields)
+
+    def generate_video(self, request: GenerateRequest, session: Optional[str] = None) -> Iterator[VideoUpdate]:
+        """The newest decoded step of the clips while the decoder runs at full speed, then the clips
+        with their MP4 and GIF (the last update has `result_id` in its summary); `stop(session)`
+        ends the decode at its next step."""
+        registered: list = []
+        try:
+            with self.decodes.track("video") as run:
+                for update in video_stream(self.video, self.files, request, run, self._register(session, registered)):
+                    if update.kept is not None:
+                        update.summary["result_id"] = self.results.add(
+                            update.kept, {**request_params(request), "video": True}, update.caption,
+                            session=session).id
+                    yield update
+        except torch.OutOfMemoryError:
+            release_memory()
+            raise ValueError("these clips do not fit in the device's memory now; try fewer") from None
+        finally:
+            self._forget(session, registered)
+
+    def race_video(self, request: GenerateRequest, max_frames: int = 90, clock: Clock = decode_clock,
+                   session: Optional[str] = None) -> Iterator[CompareUpdate]:
+        """Raster and NAR on the same motion and seed, interleaved by `clock`; `stop(session)` ends it."""
+        registered: list = []
+        try:
+            with self.decodes.track("video race") as run:
+                yield from video_race_stream(self.video, request, max_frames, run, clock,
+                                             self._register(session, registered))
+        except torch.OutOfMemoryError:
+            release_memory()
+            raise ValueError("the race does not fit in the device's memory now; try again in a moment") from None
+        finally:
+            self._forget(session, registered)
+
+    def scrub_video(self, result_id: str, step, session: Optional[str] = None) -> tuple[np.ndarray, str]:
+        """One of the session's kept clip decodes after `step` steps (drawn now) and its caption."""
+        result = self.results.get(result_id, session)
+        if not result.params.get("video") or self.video is None:
+            raise ValueError("that result is not a clip of this server's video models")
+        step = kept_step(result.kept, step)
+        return scrub_view(self.video, result.kept, step), scrub_caption(result.kept, step)
+
     # -- Stop, and the kept results ------------------------------------------------------------------
     def _register(self, session: Optional[str], registered: list):
         def started(decode):
@@ -236,19 +290,16 @@ class Service:
         """The picture of one of the session's kept results after `step` steps (rendered now,
         nothing decoded again) and its caption; the sampled tokens' probabilities as a heat map
         when `overlay`."""
-        kept = self.results.get(result_id, session).kept
-        if not kept.done:
-            raise ValueError("that decode was stopped before its first step")
-        try:
-            step = max(1, min(int(step), kept.done))
-        except (TypeError, ValueError):
-            raise ValueError(f"step must be a whole number, got {step!r}") from None
+        result = self.results.get(result_id, session)
+        if result.params.get("video"):
+            raise ValueError("that result is a clip: the Video tab's step slider (/show_video_step) shows its steps")
+        kept = result.kept
+        step = kept_step(kept, step)
         conf = kept.confidence_at(step)
         decoded = conf[~np.isnan(conf)]
         note = (f" · sampled-token probability: median {np.median(decoded):.2f}, "
                 f"lowest {decoded.min():.2f} (red low, green high)" if overlay and decoded.size else "")
-        caption = (f"step {step}/{kept.num_steps} - {kept.elapsed[step - 1]:.2f} s of decoding"
-                   f"{' (stopped at ' + str(kept.done) + ')' if kept.stopped else ''}{note}")
+        caption = scrub_caption(kept, step) + note
         if zerogpu.active():      # the tokenizer's decoder is on the GPU: draw it in a short GPU call
             job = self._job("scrub", None, session, scrub=(kept, step, bool(overlay)))
             return zerogpu.collect_on_gpu(job, zerogpu.BASE_SECONDS)[0], caption
