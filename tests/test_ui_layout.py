@@ -9,7 +9,8 @@ API_NAMES = {"random_seed", "order_changed", "generate", "stop_generate", "rando
              "train_download", "train_use", "model_info", "benchmark_files", "train_runs",
              "preset_info", "use_model_set", "admin_replace", "order_classes",
              "show_step", "after_generate", "pick_result", "restore_result", "send_to_compare",
-             "parameters_from_link"}
+             "parameters_from_link", "generate_video", "after_video", "stop_video", "show_video_step", "race_video",
+             "random_seed_video", "video_order_changed", "stop_video_race"}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,15 @@ def test_the_page_load_refresh_reads_the_active_models(demo):
     assert gen_class["value"] == "dog" and cmp_class["value"] == "cat"     # an unknown class falls back
     assert gen_window["value"] == 4 and gen_window["maximum"] == 4 and cmp_window["value"] == 2
     assert "NAR needs 7 steps where raster needs 16" in header
+
+
+def test_the_video_tab_says_when_no_video_models_are_loaded(demo):
+    import gradio as gr
+    note = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "video-note")
+    assert note.value.startswith("**No video models are loaded.**") and "video_nar.safetensors" in note.value
+    fn = next(f.fn for f in demo.fns.values() if f.api_name == "generate_video")
+    with pytest.raises(gr.Error, match="no video models are loaded on this server"):
+        next(fn("zoom_in", 1, 0, "nar", 4, 3.0, -1, 1.0, 0, 1.0))
 
 
 def test_number_inputs_name_a_wrong_type():

@@ -17,21 +17,22 @@ INTRO = ("A clip is a T x H x W grid of tokens; NAR decodes the whole plane t + 
          "sweeps through space and time at once: {nar} steps where raster needs {raster}.")
 
 
-def video_facts(ctx: Context) -> tuple[list[str], int, str]:
-    """The motion classes, the frames' token side and the tab's note, from the server's video models."""
+def video_facts(ctx: Context) -> tuple[list[str], int, int, str]:
+    """The motion classes, the frames' token side, raster's steps and the tab's note, from the server's
+    video models."""
     video = ctx.service.video
     if video is None:
-        return [], 8, f"**No video models are loaded.** {ctx.service.video_note[:1].upper()}{ctx.service.video_note[1:]}."
+        return [], 8, 2, f"**No video models are loaded.** {ctx.service.video_note[:1].upper()}{ctx.service.video_note[1:]}."
     loaded = next(iter(video.models.values()))
     frames, n, _ = loaded.model.config.grid_shape
     note = INTRO.format(nar=frames + 2 * n - 2, raster=frames * n * n)
     if ctx.service.video_note:
         note += f" ({ctx.service.video_note}.)"
-    return list(loaded.class_names), n, note
+    return list(loaded.class_names), n, frames * n * n, note
 
 
 def build(ctx: Context) -> SimpleNamespace:
-    classes, n, note = video_facts(ctx)
+    classes, n, steps, note = video_facts(ctx)
     ready = ctx.service.video is not None
     t = SimpleNamespace()
     t.note = gr.Markdown(note, elem_id="video-note")
@@ -68,7 +69,8 @@ def build(ctx: Context) -> SimpleNamespace:
                                        "blank, the front plane outlined in every frame")
             t.caption = gr.Markdown("Pick a motion and press **Generate clip**.", elem_id="video-caption",
                                     elem_classes="caption", label="Caption")
-            t.scrub = Slider(1, 2, value=1, step=1, precision=0, label="Step", interactive=False,
+            # the API checks the slider's range as built: up to the longest decode (raster's); a decode narrows it
+            t.scrub = Slider(1, max(2, steps), value=1, step=1, precision=0, label="Step", interactive=False,
                              elem_id="video-scrub", info="after a decode: any kept step, drawn from its tokens")
             with gr.Row():
                 t.gif = gr.Image(label="The clip (GIF)", interactive=False, height=160, elem_id="video-gif")
