@@ -94,12 +94,13 @@ def synchronize(device: torch.device) -> None:
 
 
 def cases_for(label: str, suite: str, nar_model: Transformer, raster_model: Transformer,
-              batches: Iterable[int], cfgs: Iterable[bool], graphs: bool = False) -> list[Case]:
+              batches: Iterable[int], cfgs: Iterable[bool], graphs: bool = False,
+              windows: Iterable[int] = ZIPAR_WINDOWS) -> list[Case]:
     out = []
     for batch in batches:
         for cfg in cfgs:
             out.append(Case(f"{label} nar", suite, nar_model, "nar", None, batch, cfg, graphs))
-            for w in ZIPAR_WINDOWS:
+            for w in windows:
                 out.append(Case(f"{label} zipar-{w}", suite, raster_model, "zipar", w, batch, cfg, graphs))
             out.append(Case(f"{label} raster", suite, raster_model, "raster", None, batch, cfg, graphs))
     return out
@@ -242,9 +243,10 @@ def summarise(case: Case, outcome: Outcome, limits: MachineLimits) -> dict:
 
 
 @torch.inference_mode()
-def vq_decode_time(vq, rounds: int = 5) -> dict:
-    n = vq.cfg.grid_size
-    tokens = torch.zeros(1, n, n, dtype=torch.long, device=next(vq.parameters()).device)
+def vq_decode_time(vq, rounds: int = 5, frames: int = 1, n: Optional[int] = None) -> dict:
+    """The tokenizer's time for one image's tokens (a clip's: `frames` grids of n x n)."""
+    n = n or vq.cfg.grid_size
+    tokens = torch.zeros(frames, n, n, dtype=torch.long, device=next(vq.parameters()).device)
     vq.decode(tokens)
     times = []
     for _ in range(rounds):
@@ -252,7 +254,7 @@ def vq_decode_time(vq, rounds: int = 5) -> dict:
         vq.decode(tokens)
         synchronize(tokens.device)
         times.append(time.perf_counter() - start)
-    return {"vq_decode_median_s": statistics.median(times), "image_size": vq.cfg.image_size}
+    return {"vq_decode_median_s": statistics.median(times), "image_size": vq.cfg.downsample * n, "frames": frames}
 
 
 def speedups(results: list[dict], suite: str = "bundled", batch: int = 1, cfg: bool = True) -> dict:

@@ -14,15 +14,14 @@ import dataclasses
 import json
 import platform
 import resource
-import statistics
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from .bench import Case, Outcome, free_device_bytes, free_memory, plan_groups, speedups, summarise, synchronize
-from .bench import time_interleaved
+from .bench import (Case, Outcome, cases_for, free_device_bytes, free_memory, plan_groups, speedups, summarise,
+                    time_interleaved, vq_decode_time)
 from .checkpoint import CheckpointError, atomic_write
 from .devices import device_name
 from .loading import load
@@ -44,13 +43,14 @@ def suite_name(shape) -> str:
 
 def video_cases(suite: str, nar_model: Transformer, raster_model: Transformer, batches, graphs: bool) -> list[Case]:
     """NAR, ZipAR and raster for each batch, CFG on (the paper samples clips with CFG)."""
-    out = []
-    for batch in batches:
-        out.append(Case(f"{suite} nar", suite, nar_model, "nar", None, batch, True, graphs))
-        for w in VIDEO_WINDOWS:
-            out.append(Case(f"{suite} zipar-{w}", suite, raster_model, "zipar", w, batch, True, graphs))
-        out.append(Case(f"{suite} raster", suite, raster_model, "raster", None, batch, True, graphs))
-    return out
+    return cases_for(suite, suite, nar_model, raster_model, batches, [True], graphs, VIDEO_WINDOWS)
+
+
+def by_suite_and_batch(cases: list[Case]) -> list[list[int]]:
+    groups: dict[tuple, list[int]] = {}
+    for i, case in enumerate(cases):
+        groups.setdefault((case.suite, case.batch), []).append(i)
+    return list(groups.values())
 
 
 def random_video_pair(nar_like: Transformer, raster_like: Transformer, shape: tuple[int, int, int], device,
@@ -61,21 +61,6 @@ def random_video_pair(nar_like: Transformer, raster_like: Transformer, shape: tu
     frames, n, _ = shape
     return tuple(Transformer(dataclasses.replace(like.config, grid_size=n, frames=frames))
                  .to(device=device, dtype=dtype).eval() for like in (nar_like, raster_like))
-
-
-@torch.inference_mode()
-def clip_decode_time(vq, shape, rounds: int = 5) -> dict:
-    """The tokenizer's time to turn one clip's tokens into its T frames (not part of the decode)."""
-    frames, n, _ = shape
-    tokens = torch.zeros(frames, n, n, dtype=torch.long, device=next(vq.parameters()).device)
-    vq.decode(tokens)
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        vq.decode(tokens)
-        synchronize(tokens.device)
-        times.append(time.perf_counter() - start)
-    return {"clip_vq_decode_median_s": statistics.median(times), "frame_size": vq.cfg.downsample * n}
 
 
 def per_clip(row: dict, shape) -> dict:
@@ -110,11 +95,13 @@ def run_video(args, device: torch.device, dtype: torch.dtype, log: Callable[[str
     name = device_name(device)
     out_path = Path(args.out_dir) / f"{name}-video{'-quick' if args.quick else ''}.json"
     free_memory(device)
-    groups = plan_groups(cases, free_device_bytes(device))
+    # interleaved within one suite and batch (what is compared), written after each: a long CPU run
+    # cut off part-way keeps what it measured
+    groups = plan_groups(cases, free_device_bytes(device)) if graphs else by_suite_and_batch(cases)
     log(f"video: {len(cases)} configurations in {len(groups)} group(s) x {rounds} rounds on {name} ({dtype})")
     report = {"device": name, "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
               "machine": platform.machine(), "video": True, "quick": args.quick, "cuda_graphs": graphs,
-              "complete": False, "vq": clip_decode_time(vq, shape), "limits": limits.to_json(), "paper": PAPER,
+              "complete": False, "vq": vq_decode_time(vq, frames=shape[0], n=shape[1]), "limits": limits.to_json(), "paper": PAPER,
               "note": "latency per clip: the whole clip's decode (all T frames' tokens); CFG 4 on, top-k 2000"}
     start = time.perf_counter()
 

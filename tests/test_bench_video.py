@@ -33,7 +33,7 @@ def test_video_bench_quick_reports_clips(video_folder, tmp_path, capsys, one_thr
         assert r["latency_per_clip_s"] > 0 and r["bound_per_clip_s"] > 0 and r["flops"] > 0
         assert r["times_bound"] * r["bound_per_clip_s"] == pytest.approx(r["latency_median_s"])
     assert report["speedup_by_suite"]["video-2x4x4"]["1"]["nar_vs_raster"] > 0
-    assert report["vq"]["clip_vq_decode_median_s"] > 0
+    assert report["vq"]["vq_decode_median_s"] > 0 and report["vq"]["frames"] == 2 and report["vq"]["image_size"] == 16
     written = json.loads((tmp_path / f"{report['device']}-video-quick.json").read_text())
     assert written["results"] == report["results"]
     from nar.bench_video import table

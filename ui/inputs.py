@@ -65,6 +65,19 @@ Slider = _checked(gr.Slider, allow_none=False)
 Number = _checked(gr.Number, allow_none=True)
 
 
+def sampling_inputs(cfg_scale: float = 4.0, top_k: int = 0) -> tuple:
+    """The Sampling accordion of a decoding tab: CFG scale, CFG interval, temperature, top-k, top-p."""
+    with gr.Accordion("Sampling", open=False):
+        cfg = Slider(1.0, 15.0, value=cfg_scale, step=0.25, label="CFG scale", info="classifier-free guidance; 1 = off")
+        interval = Number(-1, label="CFG interval (tokens)", precision=0,
+                          info="guidance stops after this many tokens; -1 = always")
+        temperature = Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
+        with gr.Row():
+            k = Number(top_k, label="Top-k", precision=0, info="0 = off", minimum=0)
+            p = Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p", info="1 = off")
+    return cfg, interval, temperature, k, p
+
+
 def _class_preprocess(self, payload):
     # the page offers only the loaded model's classes; a value sent through the API is named by
     # ui/requests.py ("unknown class 'x'; the model knows ..."), not by Gradio's choice check

@@ -12,7 +12,7 @@ from nar.classes import is_imagenet
 from .context import Context, session
 from .sessions import SessionModelGone
 from .history import EXAMPLES, History, query_values
-from .inputs import PROBLEMS, ClassBox, Number, Slider, fail
+from .inputs import PROBLEMS, ClassBox, Number, Slider, fail, sampling_inputs
 from .live import ANIMATION_STEPS
 from .requests import MAX_FRAME_SECONDS
 from .results import share_query
@@ -40,15 +40,7 @@ def build(ctx: Context) -> SimpleNamespace:
             t.window = Slider(1, ctx.models.grid_size(), value=ctx.default_window(), step=1, precision=0,
                               label="ZipAR window (tokens)",
                               info="a row starts once the row above holds this many tokens", visible=False)
-            with gr.Accordion("Sampling", open=False):
-                t.cfg = Slider(1.0, 15.0, value=4.0, step=0.25, label="CFG scale",
-                               info="classifier-free guidance; 1 = off")
-                t.cfg_interval = Number(-1, label="CFG interval (tokens)", precision=0,
-                                        info="guidance stops after this many tokens; -1 = always")
-                t.temperature = Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
-                with gr.Row():
-                    t.top_k = Number(2000, label="Top-k", precision=0, info="0 = off", minimum=0)
-                    t.top_p = Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p", info="1 = off")
+            t.cfg, t.cfg_interval, t.temperature, t.top_k, t.top_p = sampling_inputs(4.0, 2000)
             t.pace = Slider(0.0, MAX_FRAME_SECONDS, value=0.0, step=0.05, label="Replay: seconds per step",
                             info="0 = real time only. Otherwise, after the decode (at full speed) the view "
                                  "replays every step this slowly, so the front can be followed")

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from .context import Context, session
-from .inputs import PROBLEMS, ClassBox, Number, Slider, fail
+from .inputs import PROBLEMS, ClassBox, Number, Slider, fail, sampling_inputs
 from .stream import ORDER_LABELS, random_seed
 from .video import MAX_CLIPS, RACE_HEADERS, RACE_ORDERS
 
@@ -48,15 +48,7 @@ def build(ctx: Context) -> SimpleNamespace:
                                value="nar", label="Decoding order", elem_id="video-order")
             t.window = Slider(1, n, value=min(4, n), step=1, precision=0, label="ZipAR window (tokens)",
                               info="a row starts once the row above holds this many tokens", visible=False)
-            with gr.Accordion("Sampling", open=False):
-                t.cfg = Slider(1.0, 15.0, value=3.0, step=0.25, label="CFG scale",
-                               info="classifier-free guidance; 1 = off")
-                t.cfg_interval = Number(-1, label="CFG interval (tokens)", precision=0,
-                                        info="guidance stops after this many tokens; -1 = always")
-                t.temperature = Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
-                with gr.Row():
-                    t.top_k = Number(0, label="Top-k", precision=0, info="0 = off", minimum=0)
-                    t.top_p = Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p", info="1 = off")
+            t.cfg, t.cfg_interval, t.temperature, t.top_k, t.top_p = sampling_inputs(3.0, 0)
             with gr.Row():
                 t.button = gr.Button("Generate clip", variant="primary", scale=3, min_width=120,
                                      elem_id="video-button", interactive=ready)
