@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from nar.checkpoint import CheckpointError
+from nar.render import tile
 from nar.video import VideoStudio, save_clip
 
 from .files import JobFiles, slug
@@ -88,7 +89,6 @@ def view_at(kept: KeptSteps, step: int, front: bool = True) -> StepView:
 def clip_view(studio: VideoStudio, view, shape, scale: int) -> np.ndarray:
     """One row per clip: its T frames side by side, undecoded tokens blank, the view's positions
     outlined in every frame at once."""
-    from nar.render import tile
     return tile(studio.frames(view, shape, scale), columns=1)
 
 
