@@ -26,7 +26,7 @@ from .names import NameTooLong, check_path_length, quoted, shown
 from .safetensors_header import HeaderLimits, HeaderRefused, parse_json_bounded, read_header
 
 FORMAT_KEY = "nar_studio_kind"
-CHECKPOINT_KINDS = ("nar", "raster", "vq", "classifier", "video_classifier")
+CHECKPOINT_KINDS = ("nar", "raster", "vq", "classifier", "video_classifier", "text_encoder")
 
 
 class CheckpointError(ValueError):
