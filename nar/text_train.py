@@ -1,7 +1,7 @@
 """Train the text encoder CLIP-style: symmetric InfoNCE between its pooled prompt embedding and a
 small image CNN (nar/image_tower.py), both from scratch, on the text set's real train images.
 
-    python -m nar.text_train --data data/emoji_text --out checkpoints/text_encoder.safetensors --steps 1200
+    python -m nar.text_train --data data/emoji_text --out checkpoints/text_encoder.safetensors --steps 800
 
 Every batch holds distinct base emojis (skin tones of one emoji look alike, so two of them in a
 batch would be false negatives), each with one random rendition and one random caption
@@ -42,13 +42,13 @@ EVAL_LOCALES = ("en", "de", "ja", "ru")
 class TextTrainConfig:
     data: str = "data/emoji_text"
     out: str = "checkpoints/text_encoder.safetensors"
-    steps: int = 1200
+    steps: int = 800
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup: int = 60
     seed: int = 0
-    eval_every: int = 400          # held-out retrieval and a checkpoint every so many steps
+    eval_every: int = 200          # held-out retrieval and a checkpoint every so many steps
     threads: int = 1
     dim: int = 128
     n_layer: int = 2
