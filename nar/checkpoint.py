@@ -25,7 +25,7 @@ from .names import NameTooLong, check_path_length, quoted, shown
 from .safetensors_header import HeaderLimits, HeaderRefused, parse_json_bounded, read_header
 
 FORMAT_KEY = "nar_studio_kind"
-CHECKPOINT_KINDS = ("nar", "raster", "vq", "classifier", "video_classifier", "text_encoder")
+CHECKPOINT_KINDS = ("nar", "raster", "vq", "classifier", "video_classifier", "text_encoder", "image_tower")
 
 
 class CheckpointError(ValueError):
@@ -341,3 +341,29 @@ def save_transformer(path: str | os.PathLike, model, class_names: list[str],
                      extra: Optional[Mapping[str, Any]] = None) -> Path:
     return save_checkpoint(path, model.config.kind, model.state_dict(), model.config.to_dict(),
                            {"class_names": list(class_names), **(extra or {})})
+
+
+# -- small modules stored in half precision (the text encoder, its image tower) ---------------
+def save_module(path: str | os.PathLike, kind: str, module: torch.nn.Module,
+                extra: Optional[Mapping[str, Any]] = None, dtype: torch.dtype = torch.float16) -> Path:
+    """A module with a `config.to_dict()`, its floating tensors stored as `dtype`."""
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in module.state_dict().items()}
+    return save_checkpoint(path, kind, state, module.config.to_dict(), extra)
+
+
+def load_module(path: str | os.PathLike, kind: str, model_cls, config_cls, what: str):
+    """(module in eval mode, float32, its checkpoint) of a `save_module` file; a file of another
+    kind, a config out of range (`config_cls.from_dict` raises) or mismatched tensors give a
+    CheckpointError that says so."""
+    ckpt = read_checkpoint(path)
+    name = Path(path).name
+    if ckpt.kind != kind:
+        raise CheckpointError(f"{name} is a {ckpt.kind} checkpoint, not {what}")
+    try:
+        config = config_cls.from_dict(ckpt.config)
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{name} has an unusable config for {what} ({e})") from None
+    module = model_cls(config)
+    load_state_strict(module, {k: v.float() if v.is_floating_point() else v for k, v in ckpt.state_dict.items()},
+                      name)
+    return module.eval(), ckpt

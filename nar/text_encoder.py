@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, load_state_strict, read_checkpoint, save_checkpoint
+from .checkpoint import load_module, save_module
 
 TEXT_ENCODER_KIND = "text_encoder"
 
@@ -186,29 +186,17 @@ def encode_prompts(encoder: TextEncoder, tokenizer: ByteTokenizer, prompts: str 
         return encoder(ids, mask), mask
 
 
-def save_text_encoder(path: str | Path, encoder: TextEncoder, extra: dict | None = None,
-                      dtype: torch.dtype = torch.float16) -> Path:
-    """safetensors with the config in metadata, written atomically; fp16 storage by default."""
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in encoder.state_dict().items()}
-    return save_checkpoint(path, TEXT_ENCODER_KIND, state, encoder.config.to_dict(), extra or {})
+def save_text_encoder(path: str | Path, encoder: TextEncoder, extra: dict | None = None) -> Path:
+    """safetensors with the config in metadata, written atomically, fp16 storage."""
+    return save_module(path, TEXT_ENCODER_KIND, encoder, extra)
 
 
 def load_text_encoder(path: str | Path, device: str | torch.device = "cpu"
                       ) -> tuple[TextEncoder, ByteTokenizer, dict]:
     """(encoder in eval mode, float32, its tokenizer, the file's extra metadata); a file that is
     not a text encoder gives a CheckpointError that says what it is."""
-    ckpt = read_checkpoint(path)
-    name = Path(path).name
-    if ckpt.kind != TEXT_ENCODER_KIND:
-        raise CheckpointError(f"{name} is a {ckpt.kind} checkpoint, not a text encoder")
-    try:
-        cfg = TextEncoderConfig.from_dict(ckpt.config)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{name} has an unusable text encoder config ({e})") from None
-    encoder = TextEncoder(cfg)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
-    load_state_strict(encoder, state, name)
-    return encoder.to(device).eval(), ByteTokenizer(cfg.max_len), ckpt.extra
+    encoder, ckpt = load_module(path, TEXT_ENCODER_KIND, TextEncoder, TextEncoderConfig, "a text encoder")
+    return encoder.to(device), ByteTokenizer(encoder.config.max_len), ckpt.extra
 
 
 def parameter_count(module: nn.Module) -> int:
