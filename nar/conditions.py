@@ -94,3 +94,10 @@ def concatenated(first: Condition, second: Condition) -> Condition:
         return TextCondition(torch.cat([first.features, second.features]),
                              torch.cat([first.mask, second.mask]), prompts)
     raise TypeError("cannot batch a class condition with a text condition")
+
+
+def condition_labels(class_names: list[str], condition: Condition) -> list[str]:
+    """What each row is conditioned on, for people: its class name, or its prompt."""
+    if isinstance(condition, TextCondition):
+        return list(condition.prompts) if condition.prompts else ["(text features)"] * condition.batch
+    return [class_names[int(i)] for i in condition.class_ids.tolist()]
