@@ -106,3 +106,16 @@ def test_a_text_model_refuses_class_ids_and_the_wrong_width(make_model):
     class_model = make_model("nar", grid=4)
     with pytest.raises(ValueError, match="class ids"):
         next(decode_steps(class_model, schedule, prompts(), SamplingConfig()))
+
+
+def test_a_reused_decode_takes_new_prompts_in_place(make_model):
+    """GraphedDecode's buffers (what CUDA graphs replay; eager on a CPU) take a new text condition
+    in place and give what a fresh decode gives, padding masks included."""
+    from nar.graphs import GraphedDecode
+    from nar.decode import generate
+    model = make_model("nar", grid=4, text_prefix=L, caption_dim=D)
+    schedule = make_schedule("nar", 4)
+    sampling = SamplingConfig(cfg_scale=2.0, top_k=0, seed=9)
+    reused = GraphedDecode(model, schedule, 2, sampling, use_graphs=False)
+    for cond in (prompts(lengths=(2, 5), seed=1), prompts(lengths=(4, 1), seed=2)):
+        assert torch.equal(reused(cond), generate(model, schedule, cond, sampling))
