@@ -111,3 +111,25 @@ def test_app_serves_the_text_models_to_the_visitor_who_picks_them(t2i_folder):
         assert all("dog" in item["caption"] for item in gallery)
         with pytest.raises(Exception, match="bytes"):
             text_visitor.predict(*args, "x" * 48 + "é", api_name="/generate")
+
+
+def test_text_eval_reports_both_orders(t2i_folder, tmp_path, capsys):
+    from nar import t2i_eval
+    from nar.checkpoint import save_checkpoint
+    from nar.data import CLASS_NAMES
+    from nar.judge import Judge, JudgeConfig
+    judge = Judge(JudgeConfig(num_classes=len(CLASS_NAMES), image_size=16))
+    save_checkpoint(tmp_path / "judge.safetensors", "classifier", judge.state_dict(), judge.config.to_dict(),
+                    {"class_names": list(CLASS_NAMES)})
+    t2i_eval.main(["--text", "--json", "--checkpoints", str(t2i_folder), "--judge", str(tmp_path / "judge.safetensors"),
+                   "--data", str(t2i_folder.parent / "data"), "--prompts", "4", "--samples-dir", str(tmp_path),
+                   "--device", "cpu"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(report["orders"]) == {"nar", "raster"} and report["retrieval_ways"] >= 5
+    for order, steps in (("nar", 7), ("raster", 16)):
+        scores = report["orders"][order]
+        assert scores["steps"] == steps and scores["frechet_distance"] >= 0
+        for key in ("retrieval_top1_train", "retrieval_top5_train", "retrieval_top1_held_out", "class_accuracy"):
+            assert 0.0 <= scores[key] <= 1.0, key
+        assert (tmp_path / f"t2i_{order}.png").is_file()
+    assert 0.0 <= report["real_retrieval_ceiling"]["top1"] <= 1.0
