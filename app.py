@@ -35,7 +35,7 @@ from nar.checkpoint import CheckpointError
 from ui.layout import CSS, build_app, theme
 from ui.server import AUTH_ENV, BodyLimit, exposure_warning, parse_auth, resolve_host, tune_allocator
 from ui.server_models import shared_loader
-from ui.service import Service
+from ui.service import BUNDLED, BUNDLED_TEXT, Service, has_text_models
 from ui.sessions import DEFAULT_SESSION_MODELS, ModelRegistry
 from ui.stream import warm_up
 from ui.training import TrainingService
@@ -134,7 +134,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     tune_allocator()   # before any thread starts: keeps the RSS of a long-running server flat
 
     device = startup_device(args.device)     # cuda on ZeroGPU: the main process sees no GPU there
-    names = list(dict.fromkeys(args.preset or ["bundled"]))
+    # the bundled class models, and the bundled text-to-image models beside them when the folder has them
+    default_sets = [BUNDLED] + ([BUNDLED_TEXT] if not missing and has_text_models(folder) else [])
+    names = list(dict.fromkeys(args.preset or default_sets))
     try:
         shared = [shared_loader(name, None if missing else folder, device)() for name in names]
     except (CheckpointError, FileNotFoundError, ValueError) as e:

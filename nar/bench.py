@@ -33,7 +33,7 @@ from .checkpoint import atomic_write
 from .config import SamplingConfig, model_config
 from .decode import decode_steps
 from .devices import device_name, pick_device, pick_dtype
-from .graphs import CaptureError, GraphedDecode, is_out_of_memory
+from .graphs import CaptureError, GraphedDecode, is_out_of_memory, probe_condition
 from .model import Transformer
 from .loading import BUNDLED_DIR, ROOT, load_folder
 from .roofline import MachineLimits, bound_seconds, measure_limits, memory_bound_steps, memory_bytes, step_costs
@@ -61,7 +61,7 @@ class Case:
         return make_schedule(self.order, cfg.grid_size, self.window or 8, frames=cfg.frames)
 
     def run(self) -> None:
-        ids = torch.zeros(self.batch, dtype=torch.long)
+        ids = probe_condition(self.model, self.batch)   # a class id or text features: speed does not depend on them
         sampling = SamplingConfig(cfg_scale=4.0 if self.cfg else 1.0, top_k=2000)
         if self.graphs:
             if self._graphed is None:
@@ -114,6 +114,21 @@ def random_pair(size: str, device, dtype, grid: int = 16, vocab: int = 16384) ->
         m = Transformer(model_config(size, kind=kind, vocab_size=vocab, grid_size=grid, num_classes=1000))
         models.append(m.to(device=device, dtype=dtype).eval())
     return models[0], models[1]
+
+
+def text_cases(folder: Path, device, dtype, batches, cfgs, graphs: bool) -> list[Case]:
+    """Text-to-image cases: the bundled t2i models (a 48-token text prefix) when the folder has
+    them, and the bundled size with the official 120 x 2048 FLAN-T5 prefix (random weights), so
+    the prefill cost of the prefix shows beside the class models' one token."""
+    cases = []
+    if (folder / "t2i_nar.safetensors").is_file():
+        _, nar_loaded, raster_loaded = load_folder(folder, device=device, dtype=dtype, prefix="t2i_")
+        cases += cases_for("t2i", "t2i", nar_loaded.model, raster_loaded.model, batches, cfgs, graphs)
+    torch.manual_seed(0)
+    pair = [Transformer(model_config("GPT-S", kind=kind, vocab_size=1024, grid_size=16, condition="text",
+                                     cls_token_num=120, caption_dim=2048)).to(device=device, dtype=dtype).eval()
+            for kind in ("nar", "raster")]
+    return cases + cases_for("t2i-120", "t2i-120", pair[0], pair[1], batches, cfgs, graphs)
 
 
 @dataclass
@@ -383,6 +398,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="where the JSON and plots go (pass benchmarks to replace the committed results)")
     p.add_argument("--video", action="store_true",
                    help="the video cases instead (nar/bench_video.py): bundled 4x8x8 clips and random 4x16x16 ones")
+    p.add_argument("--text", action="store_true",
+                   help="also time text-to-image decoding (bundled t2i models, and a 120-token prefix)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     device = pick_device(args.device)
@@ -408,6 +425,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         for size in filter(None, args.sizes.split(",")):
             pair = random_pair(size, device, dtype)
             cases += cases_for(size, size, pair[0], pair[1], batches, cfgs, graphs)
+    if args.text:
+        cases += text_cases(Path(args.checkpoints), device, dtype, batches, cfgs, graphs)
     rounds = 3 if args.quick else args.rounds
     limits = measure_limits(device, dtype)
     log(f"measured limits: {limits.bandwidth_bytes_per_s / 1e9:.0f} GB/s copy, "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from .names import NameTooLong, check_path_length, quoted, shown
 from .safetensors_header import HeaderLimits, HeaderRefused, parse_json_bounded, read_header
 
 FORMAT_KEY = "nar_studio_kind"
-CHECKPOINT_KINDS = ("nar", "raster", "vq", "classifier", "video_classifier")
+CHECKPOINT_KINDS = ("nar", "raster", "vq", "classifier", "video_classifier", "text_encoder", "image_tower")
 
 
 class CheckpointError(ValueError):
@@ -181,6 +180,9 @@ def _count_indexed(state_dict: Mapping[str, Any], prefix: str) -> int:
     return max(found) + 1 if found else 0
 
 
+TEXT_KEY = "cls_embedding.cap_proj.fc1.weight"   # only text-to-image models have it
+
+
 def infer_transformer_config(kind: str, sd: Mapping[str, torch.Tensor],
                              grid_size: int = 16, n_head: Optional[int] = None) -> dict[str, Any]:
     """Config of an official GPT checkpoint from its tensor shapes. Head count is not in the
@@ -191,10 +193,13 @@ def infer_transformer_config(kind: str, sd: Mapping[str, torch.Tensor],
     n_head = n_head or max(1, dim // 64)
     q_and_kv = sd["layers.0.attention.wqkv.weight"].shape[0]
     n_kv_head = (q_and_kv - dim) // 2 // (dim // n_head)
-    return dict(kind=kind, dim=dim, n_layer=n_layer, n_head=n_head,
-                n_kv_head=None if n_kv_head == n_head else n_kv_head,
-                vocab_size=vocab, grid_size=grid_size,
-                num_classes=sd["cls_embedding.embedding_table.weight"].shape[0] - 1)
+    config = dict(kind=kind, dim=dim, n_layer=n_layer, n_head=n_head,
+                  n_kv_head=None if n_kv_head == n_head else n_kv_head, vocab_size=vocab, grid_size=grid_size)
+    if TEXT_KEY in sd:   # a t2i model: LlamaGen's caption embedder, its prefix length from the null caption
+        prefix = sd["cls_embedding.uncond_embedding"].shape[0] if "cls_embedding.uncond_embedding" in sd else 120
+        return dict(config, condition="text", num_classes=1, cls_token_num=prefix,
+                    caption_dim=sd[TEXT_KEY].shape[1])
+    return dict(config, num_classes=sd["cls_embedding.embedding_table.weight"].shape[0] - 1)
 
 
 def infer_vq_config(sd: Mapping[str, torch.Tensor], grid_size: int = 16) -> dict[str, Any]:
@@ -283,7 +288,8 @@ def check_state_matches(module: torch.nn.Module, state_dict: Mapping[str, torch.
 # The bounds are far above every official size (GPT-XXL: 48 layers, dim 1536; 16..32 tokens per side).
 MODEL_BOUNDS = {"dim": (8, 16384), "n_layer": (1, 256), "n_head": (1, 256), "n_kv_head": (1, 256),
                 "num_classes": (1, 1_000_000), "vocab_size": (2, 1 << 20), "grid_size": (1, 64),
-                "extra_blocks": (0, 16), "frames": (1, 64), "multiple_of": (1, 1 << 16), "ffn_dim_multiplier": (0.01, 64.0)}
+                "extra_blocks": (0, 16), "frames": (1, 64), "multiple_of": (1, 1 << 16), "ffn_dim_multiplier": (0.01, 64.0),
+                "cls_token_num": (1, 1024), "caption_dim": (1, 16384)}
 VQ_BOUNDS = {"codebook_size": (2, 1 << 20), "codebook_embed_dim": (1, 4096), "z_channels": (1, 8192),
              "base_channels": (1, 4096), "num_res_blocks": (0, 16), "image_size": (8, 4096)}
 MAX_CH_MULT = (8, 64)   # levels, multiplier
@@ -335,3 +341,29 @@ def save_transformer(path: str | os.PathLike, model, class_names: list[str],
                      extra: Optional[Mapping[str, Any]] = None) -> Path:
     return save_checkpoint(path, model.config.kind, model.state_dict(), model.config.to_dict(),
                            {"class_names": list(class_names), **(extra or {})})
+
+
+# -- small modules stored in half precision (the text encoder, its image tower) ---------------
+def save_module(path: str | os.PathLike, kind: str, module: torch.nn.Module,
+                extra: Optional[Mapping[str, Any]] = None, dtype: torch.dtype = torch.float16) -> Path:
+    """A module with a `config.to_dict()`, its floating tensors stored as `dtype`."""
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in module.state_dict().items()}
+    return save_checkpoint(path, kind, state, module.config.to_dict(), extra)
+
+
+def load_module(path: str | os.PathLike, kind: str, model_cls, config_cls, what: str):
+    """(module in eval mode, float32, its checkpoint) of a `save_module` file; a file of another
+    kind, a config out of range (`config_cls.from_dict` raises) or mismatched tensors give a
+    CheckpointError that says so."""
+    ckpt = read_checkpoint(path)
+    name = Path(path).name
+    if ckpt.kind != kind:
+        raise CheckpointError(f"{name} is a {ckpt.kind} checkpoint, not {what}")
+    try:
+        config = config_cls.from_dict(ckpt.config)
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{name} has an unusable config for {what} ({e})") from None
+    module = model_cls(config)
+    load_state_strict(module, {k: v.float() if v.is_floating_point() else v for k, v in ckpt.state_dict.items()},
+                      name)
+    return module.eval(), ckpt

@@ -21,12 +21,17 @@ def _from_dict(cls, data: dict[str, Any]):
 
 @dataclass
 class ModelConfig:
-    """A LlamaGen-style class-conditional transformer over a T x n x n token grid.
+    """A LlamaGen-style conditional transformer over a T x n x n token grid.
 
     Images are T = 1 (`frames`), video clips T > 1. kind="nar" adds NAR's dimension-oriented
     heads, each `extra_blocks` more blocks after the previous one (the "below" head for images;
     "below" and then "frame" for video) and trains with the proximity mask; kind="raster" is
     plain next-token LlamaGen.
+
+    condition="class": one class-embedding token (with a null class for CFG) before the grid;
+    condition="text": `cls_token_num` text-feature tokens of width `caption_dim` through the
+    caption embedder (LlamaGen / NAR t2i: 120 x 2048 FLAN-T5-XL features; our own text models
+    use a shorter prefix, nar/text_encoder.py).
     """
     kind: str = "nar"
     dim: int = 256
@@ -46,7 +51,9 @@ class ModelConfig:
     class_dropout_prob: float = 0.1  # labels dropped to the null class in training (for CFG)
     vocab_size: int = 16384
     grid_size: int = 16              # tokens per side of a frame (H = W)
-    cls_token_num: int = 1
+    condition: str = "class"         # "class" or "text"
+    cls_token_num: int = 1           # condition tokens before the grid (the prefix)
+    caption_dim: int = 2048          # width of the text features (condition="text")
     extra_blocks: int = 1            # NAR's extra blocks feeding each further head
     frames: int = 1                  # T: 1 for images, the clip length for video
 
@@ -57,8 +64,12 @@ class ModelConfig:
             raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
         if (self.dim // self.n_head) % 4:
             raise ValueError("head_dim must be divisible by 4 for 2-D RoPE")
-        if self.cls_token_num != 1:
-            raise ValueError("only class-conditional models with one prefix token are supported")
+        if self.condition not in ("class", "text"):
+            raise ValueError(f"condition must be 'class' or 'text', not {self.condition!r}")
+        if self.condition == "class" and self.cls_token_num != 1:
+            raise ValueError("a class-conditional model has exactly one prefix token (cls_token_num = 1)")
+        if not 1 <= self.cls_token_num <= 1024:
+            raise ValueError(f"cls_token_num must be in [1, 1024], got {self.cls_token_num}")
         if self.frames < 1:
             raise ValueError(f"frames must be at least 1, got {self.frames}")
         if self.frames > 1 and self.head_dim % 8:
@@ -68,6 +79,11 @@ class ModelConfig:
     def grid_shape(self) -> tuple[int, int, int]:
         """(T, H, W) of the token grid; images are (1, n, n)."""
         return (self.frames, self.grid_size, self.grid_size)
+
+    @property
+    def prefix_len(self) -> int:
+        """Sequence positions before the grid: grid token p sits at prefix_len + p."""
+        return self.cls_token_num
 
     @property
     def is_video(self) -> bool:

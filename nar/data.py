@@ -9,6 +9,7 @@ recognise. The test split holds out whole emojis, so every test image is unseen 
 
     python -m nar.data prepare --out data/emoji [--size 64] [--cache DIR]
     python -m nar.data moving --emoji data/emoji --out data/moving_emoji   # video clips (nar/moving_emoji.py)
+    python -m nar.data text --out data/emoji_text   # every emoji with CLDR captions (nar/text_data.py)
 """
 from __future__ import annotations
 
@@ -98,6 +99,7 @@ class Item:
     subgroup: str
     path: Path
     skin_tone: bool
+    hexcode: str = ""  # this rendition's own code points (skin tones included), as its package writes them
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +133,8 @@ def list_datasource(package_dir: Path, source: str) -> list[Item]:
         variants = [(entry, False)] + [(tone, True) for tone in tones]
         for variant, skin in variants:
             if variant.get(f"has_img_{source}") and (img_dir / variant["image"]).is_file():
-                items.append(Item(source, key, subgroup, img_dir / variant["image"], skin))
+                items.append(Item(source, key, subgroup, img_dir / variant["image"], skin,
+                                  variant.get("unified", "")))
     return items
 
 
@@ -148,7 +151,7 @@ def list_openmoji(package_dir: Path, source: str) -> list[Item]:
         if path.is_file():
             skin = e["skintone"] != ""
             key = emoji_key(e["skintone_base_hexcode"] if skin else e["hexcode"])
-            items.append(Item(source, key, normalize_subgroup(e["subgroups"]), path, skin))
+            items.append(Item(source, key, normalize_subgroup(e["subgroups"]), path, skin, e["hexcode"]))
     return items
 
 
@@ -172,6 +175,7 @@ FLUENT_NAMES = {
     "woman-wrestling": "women wrestling",
 }
 # "-default" is the yellow base; the others are the five skin tones.
+FLUENT_TONES = ("light", "medium-light", "medium", "medium-dark", "dark")  # Fitzpatrick 1-2 ... 6
 FLUENT_TONE = re.compile(r"^(.*?)-(default|light|medium-light|medium|medium-dark|dark)$")
 
 
@@ -183,8 +187,11 @@ def slug(name: str) -> str:
 
 def list_fluent(package_dir: Path, source: str, openmoji_dir: Path) -> list[Item]:
     """Fluent files are named by CLDR short name only, so OpenMoji's table gives code points."""
-    by_slug = {slug(e["annotation"]): e for e in openmoji_entries(openmoji_dir)}
-    by_slug.update({stem: by_slug[slug(name)] for stem, name in FLUENT_NAMES.items()})
+    entries = openmoji_entries(openmoji_dir)
+    by_slug = {slug(e["annotation"]): e for e in entries}
+    by_slug.update({stem: by_slug[slug(name)] for stem, name in FLUENT_NAMES.items() if slug(name) in by_slug})
+    # (base hexcode, tone 1-5) -> OpenMoji's toned entry, for the rendition's own code points
+    toned = {(e["skintone_base_hexcode"], str(e["skintone"])): e for e in entries if e["skintone"] != ""}
     items = []
     for path in sorted((package_dir / "icons" / "flat").glob("*.svg")):
         stem, skin = path.stem, False
@@ -193,8 +200,12 @@ def list_fluent(package_dir: Path, source: str, openmoji_dir: Path) -> list[Item
             stem, skin = tone.group(1), tone.group(2) != "default"
         entry = by_slug.get(stem)
         if entry is not None:
+            hexcode = entry["hexcode"]
+            if skin:
+                toned_entry = toned.get((hexcode, str(FLUENT_TONES.index(tone.group(2)) + 1)))
+                hexcode = toned_entry["hexcode"] if toned_entry else ""
             items.append(Item(source, emoji_key(entry["hexcode"]),
-                              normalize_subgroup(entry["subgroups"]), path, skin))
+                              normalize_subgroup(entry["subgroups"]), path, skin, hexcode))
     return items
 
 
@@ -420,7 +431,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     moving.add_argument("--frames", type=int, default=4)
     moving.add_argument("--size", type=int, default=32, help="frame side in pixels")
     moving.add_argument("--seed", type=int, default=0)
+    text = commands.add_parser("text", help="build the text-to-image set: every emoji, with CLDR names and keywords")
+    text.add_argument("--out", type=Path, required=True, help="output directory, e.g. data/emoji_text")
+    text.add_argument("--size", type=int, default=64, help="image side in pixels")
+    text.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="npm tarballs, reused")
+    text.add_argument("--seed", type=int, default=0, help="seed of the held-out emojis")
     args = parser.parse_args(argv)
+    if args.command == "text":
+        from .text_data import prepare_text
+        prepare_text(args.out, args.size, args.cache, args.seed)
+        return
     if args.command == "moving":
         from .moving_emoji import build as build_clips
         build_clips(args.emoji, args.out, args.frames, args.size, args.seed)

@@ -2,6 +2,7 @@
 
     python -m nar.eval --json
     python -m nar.eval --video --json     # the video models (nar/video_eval.py)
+    python -m nar.eval --text --json      # the text-to-image models (nar/t2i_eval.py)
 
 For each order (nar on the NAR model; raster and zipar on the raster model) it generates
 `--per-class` images of every class with the same seeds, then reports
@@ -183,6 +184,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     if "--video" in argv:  # the video orders: nar/video_eval.py
         from .video_eval import main as video_main
         return video_main(argv)
+    if "--text" in argv:   # the text-to-image models: nar/t2i_eval.py
+        from .t2i_eval import main as text_main
+        return text_main(argv)
     p = argparse.ArgumentParser(prog="python -m nar.eval", description="Judge the decoding orders' samples.")
     p.add_argument("--checkpoints", default=str(ROOT / "checkpoints"),
                    help="folder with nar.safetensors, raster.safetensors and vq.safetensors")

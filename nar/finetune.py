@@ -31,7 +31,8 @@ from .pipeline import Studio
 from .render import tile
 from .schedules import nar as nar_schedule
 from .tokens import tokenize
-from .train import Callbacks, TrainConfig, split_run_checkpoint, train_loop
+from .run_files import split_run_checkpoint
+from .train import Callbacks, TrainConfig, train_loop
 from .uploads import UploadReport
 
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")

@@ -4,10 +4,14 @@
     python -m nar.generate --checkpoint hf://owner/repo/c2i_L_256.pt --vq vq_ds16_c2i.pt --order nar ...
     python -m nar.generate --preset NAR-B --order nar --class-id "golden retriever"
     python -m nar.generate --video --order nar --class-id zoom_in --seed 0 --out clip.mp4 --gif front.gif --json
+    python -m nar.generate --prompt "cat face" --order nar --seed 0 --out cat.png --gif front.gif --json
+    python -m nar.generate --prompt "a red apple" --checkpoint t2i_XL.pt --vq vq_ds16_t2i.pt \
+        --text-encoder t5:google/flan-t5-xl --grid-size 32 --order nar
 
 Without --checkpoint the bundled models are used: the NAR model for `nar`, the raster model
 for `raster` and `zipar` (with --video, the bundled video models; --out is then the clip:
-.mp4, .gif, or .png for its frames side by side). With --json the last line printed is one JSON object.
+.mp4, .gif, or .png for its frames side by side; with --prompt, the bundled text-to-image models
+and text encoder). With --json the last line printed is one JSON object.
 """
 from __future__ import annotations
 
@@ -24,8 +28,9 @@ from .checkpoint import CheckpointError
 from .classes import ClassPicker
 from .config import SamplingConfig
 from .devices import pick_device
-from .loading import BUNDLED_DIR, HUB_PREFIX, load
+from .loading import BUNDLED_DIR, HUB_PREFIX, load, resolve
 from .pipeline import Studio
+from .prompts import OwnPromptEncoder, T5PromptEncoder
 from .render import save_gif, save_mp4, save_png, tile
 from .schedules import ORDERS
 
@@ -67,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=6.0)
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.add_argument("--video", action="store_true", help="generate clips with the video models (--class-id: a motion)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="text prompt for the text-to-image models; repeat for several images")
+    p.add_argument("--text-encoder", default=str(BUNDLED_DIR / "text_encoder.safetensors"),
+                   help="text encoder: our safetensors file, or t5:NAME_OR_FOLDER for FLAN-T5 through the "
+                        "transformers library (the official t2i models: t5:google/flan-t5-xl)")
     return p
 
 
@@ -98,14 +108,25 @@ def make_studio(args) -> Studio:
     device = pick_device(args.device)
     vq = load(args.vq, expect="vq", device=device, grid_size=args.grid_size)   # an official VQ file's grid
     kind = "nar" if args.order == "nar" else "raster"
+    text = bool(args.prompt)
     if args.checkpoint:
         loaded = load(args.checkpoint, args.filename, expect=kind, device=device, grid_size=args.grid_size,
                       arch=parse_arch(args.arch))
     else:
-        loaded = load(BUNDLED_DIR / f"{kind}.safetensors", expect=kind, device=device)
-    studio = Studio(vq)
+        loaded = load(BUNDLED_DIR / f"{'t2i_' if text else ''}{kind}.safetensors", expect=kind, device=device)
+    if text != (loaded.model.config.condition == "text"):
+        raise ValueError(f"{loaded.source} is a {loaded.model.config.condition}-conditioned model: "
+                         + ("give --class-id, not --prompt" if text else "give --prompt, not --class-id"))
+    studio = Studio(vq, prompt_encoder=prompt_encoder(args.text_encoder, device) if text else None)
     studio.swap(loaded)
     return studio
+
+
+def prompt_encoder(spec: str, device):
+    """Our text encoder file, or t5:NAME for FLAN-T5 (transformers)."""
+    if spec.startswith("t5:"):
+        return T5PromptEncoder.from_pretrained(spec[3:], device=device)
+    return OwnPromptEncoder.from_file(resolve(spec), device)
 
 
 def sampling_flags(args) -> dict:
@@ -120,6 +141,8 @@ def load_models(args) -> tuple[Studio, SamplingConfig, list[str]]:
     given = sampling_flags(args)
     SamplingConfig(seed=args.seed, **given).validate()
     notes = []
+    if args.preset and args.prompt:
+        raise ValueError("the presets are class-to-image models; --prompt takes --checkpoint (or the bundled models)")
     if args.preset:
         models = preset_models(args)
         if args.order != "nar" and models.preset.raster is None:
@@ -138,15 +161,22 @@ def load_models(args) -> tuple[Studio, SamplingConfig, list[str]]:
 def run(args) -> dict:
     if args.num_images < 1 or args.num_images > 64:
         raise ValueError("--num-images must be in [1, 64]")
+    if args.prompt and args.class_id:
+        raise ValueError("give --prompt (text models) or --class-id (class models), not both")
     studio, sampling, notes = load_models(args)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    picker = ClassPicker(studio.model_for(args.order).class_names)
-    classes = [c for c in (args.class_id or ["0"]) for _ in range(args.num_images)]
-    class_ids = torch.tensor([picker.lookup(c) for c in classes], dtype=torch.long)
+    if args.prompt:
+        entries = [p for p in args.prompt for _ in range(args.num_images)]
+        labels = {"prompts": entries}
+    else:
+        picker = ClassPicker(studio.model_for(args.order).class_names)
+        classes = [c for c in (args.class_id or ["0"]) for _ in range(args.num_images)]
+        entries = [picker.lookup(c) for c in classes]
+        labels = {"class_ids": entries, "class_names": [studio.model_for(args.order).class_names[i] for i in entries]}
     frames = []
     draw = (lambda record: frames.append(tile(studio.frames(record)))) if args.gif or args.mp4 else None
-    out = studio(class_ids.tolist(), order=args.order, sampling=sampling, window=args.window,
+    out = studio(entries, order=args.order, sampling=sampling, window=args.window,
                  callback=draw)   # drawing frames is not counted in the decode time
     decode_seconds, images = out.seconds, out.images
     outputs = {"out": str(save_png(tile(list(images)), args.out))}
@@ -157,10 +187,9 @@ def run(args) -> dict:
     n = studio.model_for(args.order).model.config.grid_size
     return {"order": args.order, "steps": out.steps, "grid": [n, n], "tokens": n * n,
             "window": args.window if args.order == "zipar" else None,
-            "images": len(class_ids), "class_ids": class_ids.tolist(),
-            "class_names": [studio.model_for(args.order).class_names[i] for i in class_ids.tolist()],
+            "images": len(entries), **labels,
             "seconds": round(decode_seconds, 4),
-            "images_per_second": round(len(class_ids) / max(decode_seconds, 1e-9), 3),
+            "images_per_second": round(len(entries) / max(decode_seconds, 1e-9), 3),
             "device": str(studio.device), "seed": args.seed, "sampling": dataclasses.asdict(sampling),
             "heads_inferred": studio.model_for(args.order).head_count_inferred, "notes": notes, **outputs}
 

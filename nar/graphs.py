@@ -4,7 +4,7 @@ A decode plan is fixed per (model kind, schedule), and every step has fixed shap
 batch and sampling config, so each step can be captured once as a CUDA graph and replayed: one
 launch per step instead of hundreds of small kernel launches, which is what limits batch-1
 decoding on a GPU. All buffers live in a `DecodeState` that the graphs read and write in place;
-a new request only copies its class ids and seeds into it.
+a new request only copies its condition (class ids or text features) and seeds into it.
 
 On a CPU (or with use_graphs=False) the same object runs the steps eagerly on its reused
 buffers, which is how the buffer logic is tested without a GPU.
@@ -17,8 +17,10 @@ from typing import Iterator
 
 import torch
 
+from .conditions import ClassCondition, Condition, TextCondition
 from .config import SamplingConfig
-from .decode import StepRecord, check_request, guidance, new_state, plan_on, run_step, token_grid_shape
+from .decode import (StepRecord, check_request, guidance, load_condition, new_state, plan_for, run_step,
+                     token_grid_shape)
 from .devices import wait_for_stream
 from .model import Transformer
 from .schedules import Schedule
@@ -51,18 +53,18 @@ def can_capture(device: torch.device) -> bool:
 
 
 class GraphedDecode:
-    """One (model, schedule, batch, sampling options) decode, ready to replay for any classes
-    and seed. Build it once and call it many times; the seed in `sampling` is only a default."""
+    """One (model, schedule, batch, sampling options) decode, ready to replay for any condition
+    (class ids or text features) and seed. Build it once and call it many times; the seed in
+    `sampling` is only a default."""
 
     def __init__(self, model: Transformer, schedule: Schedule, batch: int, sampling: SamplingConfig,
                  use_graphs: bool = True):
         self.model, self.schedule, self.sampling = model, schedule, sampling
         self.device = model.tok_embeddings.weight.device
         self.use_graphs = use_graphs and can_capture(self.device)
-        self.plan = plan_on(model.config.kind, schedule, str(self.device))
-        probe_ids = torch.zeros(batch, dtype=torch.long)
-        check_request(model, schedule, probe_ids, sampling)
-        self.state = new_state(model, self.plan, probe_ids, sampling)
+        self.plan = plan_for(model, schedule)
+        probe = check_request(model, schedule, probe_condition(model, batch), sampling)
+        self.state = new_state(model, self.plan, probe, sampling)
         self.guided = guidance(self.plan, sampling)
         self.tokens: list[torch.Tensor] = []
         self.graphs: list[torch.cuda.CUDAGraph] = []
@@ -105,19 +107,21 @@ class GraphedDecode:
         for t, sp in enumerate(self.plan.steps):
             run_step(self.model, self.state, t, sp, self.sampling, self.guided[t])
 
-    def _load(self, class_ids: torch.Tensor, seed: int) -> None:
+    def _load(self, condition: Condition | torch.Tensor, seed: int) -> None:
         state = self.state
-        if class_ids.shape != (state.batch,):
-            raise ValueError(f"this decode was built for a batch of {state.batch}, got {tuple(class_ids.shape)}")
-        check_request(self.model, self.schedule, class_ids, replace(self.sampling, seed=seed))  # validates the seed
-        state.labels[:state.batch].copy_(class_ids)
+        # check_request also validates the seed
+        condition = check_request(self.model, self.schedule, condition, replace(self.sampling, seed=seed))
+        if condition.batch != state.batch:
+            raise ValueError(f"this decode was built for a batch of {state.batch}, got {condition.batch}")
+        load_condition(state, condition.to(self.device))
         state.seeds.copy_(seed + torch.arange(state.batch))
         state.grid.fill_(-1)
 
     @torch.inference_mode()
-    def steps(self, class_ids: torch.Tensor, seed: int | None = None, sync: bool = True) -> Iterator[StepRecord]:
+    def steps(self, condition: Condition | torch.Tensor, seed: int | None = None,
+              sync: bool = True) -> Iterator[StepRecord]:
         """Like decode.decode_steps, from the captured graphs."""
-        self._load(class_ids, self.sampling.seed if seed is None else seed)
+        self._load(condition, self.sampling.seed if seed is None else seed)
         busy = 0.0
         for t, sp in enumerate(self.plan.steps):
             started = time.perf_counter()
@@ -132,8 +136,17 @@ class GraphedDecode:
             yield StepRecord(step=t, num_steps=len(self.plan.steps), positions=sp.targets, tokens=tokens,
                              grid=self.state.grid, elapsed=busy)
 
-    def __call__(self, class_ids: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+    def __call__(self, condition: Condition | torch.Tensor, seed: int | None = None) -> torch.Tensor:
         """Decode to the end; the token grids [B, n, n] or [B, T, n, n] (a copy: the buffers are reused)."""
-        for record in self.steps(class_ids, seed, sync=False):
+        for record in self.steps(condition, seed, sync=False):
             pass
         return record.grid.view(-1, *token_grid_shape(self.schedule)).clone()
+
+
+def probe_condition(model: Transformer, batch: int) -> Condition:
+    """A placeholder condition of the model's kind that a decode is built (and captured) with."""
+    cfg = model.config
+    if cfg.condition == "text":
+        return TextCondition(torch.zeros(batch, cfg.cls_token_num, cfg.caption_dim),
+                             torch.ones(batch, cfg.cls_token_num, dtype=torch.bool))
+    return ClassCondition(torch.zeros(batch, dtype=torch.long))

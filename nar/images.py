@@ -1,6 +1,7 @@
 """The image sets training and evaluation read: a prepared data set folder (train.npz, test.npz
 and meta.json, as `python -m nar.data prepare` writes them), the moving emoji clips (as
-`python -m nar.data moving` writes them), and images as model input.
+`python -m nar.data moving` writes them), the captioned text-to-image set (`python -m nar.data
+text`), and images as model input.
 """
 from __future__ import annotations
 
@@ -66,6 +67,35 @@ def load_clips(data_dir: str | os.PathLike, split: str) -> ClipSet:
     clips, labels, meta = _read_split(data_dir, split, "clips", "The moving emoji clips are not built",
                                       f"python -m nar.data moving --emoji data/emoji --out {data_dir}")
     return ClipSet(clips=clips, labels=labels, class_names=list(meta["class_names"]))
+
+
+@dataclass
+class TextImageSet:
+    """A split of the text-to-image set (`python -m nar.data text`): each image's emoji is an
+    index into `captions`, the caption table shared by both splits (captions.json)."""
+    images: np.ndarray       # uint8 [N, H, W, 3]
+    emoji: np.ndarray        # int64 [N] index into captions
+    labels: np.ndarray       # int64 [N] class of class_names, or -1 where the emoji is in none
+    captions: list[dict]     # per emoji: hexcode, char, base, subgroup, label, split, names / keywords per locale
+    class_names: list[str]
+    locales: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_text_split(data_dir: str | os.PathLike, split: str) -> TextImageSet:
+    """Read `train` or `test` from a directory written by `python -m nar.data text`."""
+    data_dir = Path(data_dir)
+    command = f"python -m nar.data text --out {data_dir}"
+    images, labels, meta = _read_split(data_dir, split, "images", "The text-to-image emoji set is not built", command)
+    if not (data_dir / "captions.json").is_file():
+        raise DatasetMissingError(f"{data_dir} has no captions.json. Build it with: {command}")
+    with np.load(data_dir / f"{split}.npz") as npz:
+        emoji = npz["emoji"].astype(np.int64)
+    captions = json.loads((data_dir / "captions.json").read_text(encoding="utf-8"))
+    return TextImageSet(images=images, emoji=emoji, labels=labels, captions=captions,
+                        class_names=list(meta["class_names"]), locales=list(meta["locales"]))
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

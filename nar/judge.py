@@ -69,11 +69,13 @@ class Judge(nn.Module):
         return self.head(self.dropout(self.features(images)))
 
 
-def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random flips, shifts of up to 1/8 of the size (white padding) and brightness jitter."""
+def augment(x: torch.Tensor, g: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """Random flips (unless flip=False), shifts of up to 1/8 of the size (white padding) and
+    brightness jitter."""
     b, _, h, w = x.shape
-    flip = torch.rand(b, generator=g) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if flip:
+        flipped = torch.rand(b, generator=g) < 0.5
+        x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
     pad = h // 8
     padded = F.pad(x, (pad, pad, pad, pad), value=1.0)
     dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=g)

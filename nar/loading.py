@@ -148,24 +148,29 @@ def load(source: str | os.PathLike, filename: Optional[str] = None, *, expect: O
 
 
 def load_folder(source: str | os.PathLike = BUNDLED_DIR, device: Optional[torch.device] = None,
-                dtype: Optional[torch.dtype] = None) -> tuple[VQModel, LoadedModel, LoadedModel]:
+                dtype: Optional[torch.dtype] = None, prefix: str = "") -> tuple[VQModel, LoadedModel, LoadedModel]:
     """(tokenizer, NAR model, raster model) of a folder, or of a Hub repo ("owner/name" or
-    "hf://owner/name"), holding vq.safetensors, nar.safetensors and raster.safetensors."""
-    text = str(source)
-    local = Path(text).expanduser()
-    if local.is_dir() or not _looks_like_repo(text):
-        files = {kind: local / f"{kind}.safetensors" for kind in KINDS}
-        missing = [str(p) for p in files.values() if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"checkpoints missing: {', '.join(missing)}")
-        refs = {kind: (path, None) for kind, path in files.items()}
-    else:
-        repo = text[len(HUB_PREFIX):] if text.startswith(HUB_PREFIX) else text
-        refs = {kind: (repo, f"{kind}.safetensors") for kind in KINDS}
+    "hf://owner/name"), holding vq.safetensors, <prefix>nar.safetensors and
+    <prefix>raster.safetensors (the text models: prefix "t2i_")."""
+    names = {kind: f"{kind if kind == 'vq' else prefix + kind}.safetensors" for kind in KINDS}
+    refs = {kind: folder_file(source, name) for kind, name in names.items()}
+    local = [path for path, filename in refs.values() if filename is None]
+    missing = [str(path) for path in local if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"checkpoints missing: {', '.join(missing)}")
     device = device or pick_device()
     vq = load(*refs["vq"], expect="vq", device=device)
     nar, raster = (load(*refs[kind], expect=kind, device=device, dtype=dtype, fits=vq.cfg) for kind in ("nar", "raster"))
     return vq, nar, raster
+
+
+def folder_file(source: str | os.PathLike, name: str) -> tuple[str | Path, Optional[str]]:
+    """(source, filename) to `load` or `resolve` file `name` of a folder or a Hub repo."""
+    text = str(source)
+    local = Path(text).expanduser()
+    if local.is_dir() or not _looks_like_repo(text):
+        return local / name, None
+    return (text[len(HUB_PREFIX):] if text.startswith(HUB_PREFIX) else text), name
 
 
 def _looks_like_repo(text: str) -> bool:

@@ -1,13 +1,15 @@
-"""The class-conditional transformer (LlamaGen's GPT) in its two kinds: NAR and raster.
+"""The conditional transformer (LlamaGen's GPT) in its two kinds: NAR and raster.
 
 Parameter names follow the official NAR / LlamaGen checkpoints (tok_embeddings,
 layers.{i}.attention.wqkv, ..., norm, output, medusa_norm, medusa_output) so their state dicts
 load unchanged.
 
-The sequence is always [class token, grid tokens in raster order]; sequence position 0 is the
-class token and position 1 + (t * n + h) * n + w is grid token (t, h, w) of a T x n x n grid
-(images are T = 1). Only the attention mask encodes the decoding order: `may_attend(kind, shape)`
-is the proximity mask for NAR and the causal mask for raster. KV caches live outside the model
+The sequence is always [condition prefix, grid tokens in raster order]: L = cls_token_num
+prefix positions (one class token, or L text-feature tokens; nar/conditions.py), then grid token
+(t, h, w) of a T x n x n grid (images are T = 1) at position L + (t * n + h) * n + w. Only the
+attention mask encodes the decoding order: `may_attend(kind, shape, L)` is the proximity mask
+for NAR and the causal mask for raster, over the grid; the prefix is causal in itself and seen
+by every grid token, as in the official code. KV caches live outside the model
 (see `KVCache`), so one model can serve several decodes at once.
 
 NAR's dimension-oriented heads, one per axis, each stacked after the previous one as in the
@@ -25,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .conditions import ClassCondition, Condition, TextCondition, as_condition, condition_kind
 from .config import ModelConfig
 
 
@@ -136,11 +139,57 @@ class LabelEmbedder(nn.Module):
         self.embedding_table = nn.Embedding(num_classes + 1, dim)
         self.num_classes = num_classes
 
-    def forward(self, labels: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
+    def forward(self, condition: ClassCondition, drop_prob: float = 0.0) -> tuple[torch.Tensor, None]:
+        """([B, 1, dim], no key mask); labels dropped to the null class with drop_prob."""
+        labels = condition.class_ids
         if drop_prob > 0:
             drop = torch.rand(labels.shape[0], device=labels.device) < drop_prob
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
-        return self.embedding_table(labels).unsqueeze(1)
+        return self.embedding_table(labels).unsqueeze(1), None
+
+    def null(self, condition: ClassCondition) -> ClassCondition:
+        return ClassCondition(torch.full_like(condition.class_ids, self.num_classes))
+
+
+class MLP(nn.Module):
+    """LlamaGen's caption projection: fc1, tanh-GELU, fc2, no biases (official key names)."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=False)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class CaptionEmbedder(nn.Module):
+    """Text features [B, L, caption_dim] -> prefix embeddings [B, L, dim], as LlamaGen / NAR t2i.
+
+    The unconditional caption (CFG's second half, and captions dropped in training) is a fixed
+    random [L, caption_dim] table saved with the weights (a buffer, as in the official code),
+    used with the same key mask as the prompt it replaces."""
+
+    def __init__(self, caption_dim: int, dim: int, token_num: int):
+        super().__init__()
+        self.cap_proj = MLP(caption_dim, dim, dim)
+        self.register_buffer("uncond_embedding", torch.randn(token_num, caption_dim) / caption_dim ** 0.5)
+
+    def forward(self, condition: TextCondition, drop_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        features = condition.features
+        if features.shape[1] != self.uncond_embedding.shape[0] or features.shape[2] != self.uncond_embedding.shape[1]:
+            raise ValueError(f"text features are {tuple(features.shape[1:])}, the model takes "
+                             f"{tuple(self.uncond_embedding.shape)} (prefix tokens x caption_dim)")
+        if drop_prob > 0:
+            drop = torch.rand(features.shape[0], device=features.device) < drop_prob
+            features = torch.where(drop[:, None, None], self.uncond_embedding.to(features.dtype), features)
+        return self.cap_proj(features.to(self.cap_proj.fc1.weight.dtype)), condition.mask
+
+    def null(self, condition: TextCondition) -> TextCondition:
+        batch = condition.batch
+        table = self.uncond_embedding.to(condition.features.dtype)
+        return TextCondition(table.expand(batch, -1, -1).contiguous(), condition.mask)
 
 
 @dataclass
@@ -157,7 +206,8 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.cls_embedding = LabelEmbedder(cfg.num_classes, cfg.dim)
+        self.cls_embedding = (CaptionEmbedder(cfg.caption_dim, cfg.dim, cfg.cls_token_num)
+                              if cfg.condition == "text" else LabelEmbedder(cfg.num_classes, cfg.dim))
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.tok_dropout = nn.Dropout(cfg.token_dropout_p)
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_blocks))
@@ -170,11 +220,13 @@ class Transformer(nn.Module):
             self.frame_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
             self.frame_output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         # Indexed by sequence position; not a parameter, so not saved with the weights.
-        self.register_buffer("rope", rope_table(cfg.grid_shape, cfg.head_dim, cfg.rope_base),
+        self.register_buffer("rope", rope_table(cfg.grid_shape, cfg.head_dim, cfg.rope_base, cfg.prefix_len),
                              persistent=False)
-        self.register_buffer("train_mask", may_attend(cfg.kind, cfg.grid_shape), persistent=False)
+        self.register_buffer("train_mask", may_attend(cfg.kind, cfg.grid_shape, cfg.prefix_len), persistent=False)
         self.apply(self._init_weights)
         nn.init.zeros_(self.output.weight)  # as LlamaGen: start from uniform predictions
+        if cfg.condition == "text":
+            nn.init.zeros_(self.cls_embedding.cap_proj.fc2.weight)  # as LlamaGen's caption projection
 
     def _init_weights(self, module: nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -224,8 +276,18 @@ class Transformer(nn.Module):
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.tok_embeddings(tokens)
 
-    def embed_class(self, class_ids: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
-        return self.cls_embedding(class_ids, drop_prob)
+    def embed_condition(self, condition: Condition, drop_prob: float = 0.0
+                        ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The prefix embeddings [B, L, dim] of a condition and its key mask [B, L] (None: all
+        real, as for a class), conditions dropped to the null one with drop_prob."""
+        if condition_kind(condition) != self.config.condition:
+            raise ValueError(f"this model is conditioned on a {self.config.condition}, "
+                             f"not a {condition_kind(condition)}")
+        return self.cls_embedding(condition, drop_prob)
+
+    def null_condition(self, condition: Condition) -> Condition:
+        """The unconditional counterpart of a condition (CFG's second half)."""
+        return self.cls_embedding.null(condition)
 
     def new_caches(self, batch: int, length: int, device=None, dtype=None) -> list[KVCache]:
         cfg = self.config
@@ -235,20 +297,22 @@ class Transformer(nn.Module):
                 for _ in range(cfg.n_blocks)]
 
     # -- training / full forward ------------------------------------------------------------
-    def forward(self, class_ids: torch.Tensor, tokens: torch.Tensor,
+    def forward(self, condition: Condition | torch.Tensor, tokens: torch.Tensor,
                 targets: Optional[torch.Tensor] = None):
-        """Teacher-forced forward over [class, all T*n*n tokens] with the kind's training mask.
+        """Teacher-forced forward over [condition prefix, all T*n*n tokens] with the kind's
+        training mask (and the prefix's padding masked out of attention).
 
-        Returns logits [B, T*n*n, vocab] where row p predicts grid token p (assembled from
-        NAR's heads, shifted by one for raster) and the mean cross-entropy if targets are
-        given. Class labels are dropped to the null class with class_dropout_prob while
-        training.
+        `condition` is a Condition or a tensor of class ids. Returns logits [B, T*n*n, vocab]
+        where row p predicts grid token p (assembled from NAR's heads, shifted by one for
+        raster) and the mean cross-entropy if targets are given. Conditions are dropped to the
+        null one with class_dropout_prob while training.
         """
         cfg = self.config
         drop = cfg.class_dropout_prob if self.training else 0.0
-        x = torch.cat([self.embed_class(class_ids, drop), self.embed_tokens(tokens)], dim=1)
+        prefix, prefix_ok = self.embed_condition(as_condition(condition), drop)
+        x = torch.cat([prefix, self.embed_tokens(tokens)], dim=1)
         seq_pos = torch.arange(x.shape[1], device=x.device)
-        feats = self.features(x, seq_pos, self.train_mask)
+        feats = self.features(x, seq_pos, with_padding(self.train_mask, prefix_ok))
         logits = self.assemble_training_logits(feats)
         loss = None
         if targets is not None:
@@ -258,14 +322,16 @@ class Transformer(nn.Module):
     def assemble_training_logits(self, feats: Features) -> torch.Tensor:
         """NAR: grid token (t, h, w) gets the mean of the right head at (t, h, w-1), the below
         head at (t, h-1, w) and the frame head at (t-1, h, w), over those that exist; (0, 0, 0)
-        gets every head of the class token."""
+        gets every head of the prefix's last token."""
         T, H, W = self.config.grid_shape
-        R = self.logits_right(feats.right)  # [B, 1 + T*H*W, V]; row 0 is the class token
+        L = self.config.prefix_len
+        # Only rows from the prefix's last token on predict anything: [B, 1 + T*H*W, V].
+        R = self.logits_right(feats.right[:, L - 1:])
         if not self.has_below_head:
-            return R[:, :-1]  # output at sequence position p predicts grid token p
-        heads = [(R, 3), (self.logits_below(feats.below), 2)]  # (logits, grid axis it steps)
+            return R[:, :-1]  # output at sequence position L-1+p predicts grid token p
+        heads = [(R, 3), (self.logits_below(feats.below[:, L - 1:]), 2)]  # (logits, grid axis it steps)
         if feats.frame is not None:
-            heads.append((self.logits_frame(feats.frame), 1))
+            heads.append((self.logits_frame(feats.frame[:, L - 1:]), 1))
         bsz, _, vocab = R.shape
         total = torch.zeros(bsz, T, H, W, vocab, dtype=R.dtype, device=R.device)
         count = torch.zeros(T, H, W, 1, dtype=R.dtype, device=R.device)
@@ -316,34 +382,48 @@ def plane_index(shape: tuple[int, int, int]) -> torch.Tensor:
     return t + h + w
 
 
-def may_attend(kind: str, shape: tuple[int, int, int]) -> torch.Tensor:
-    """[1+N, 1+N] bool: may sequence position q attend sequence position k under the kind's
-    training order, on a T x H x W grid? Raster: k <= q. NAR (proximity): everything attends
-    the class token, and a token on plane c attends all tokens on planes <= c, its own
-    included."""
-    n_seq = 1 + shape[0] * shape[1] * shape[2]
+def may_attend(kind: str, shape: tuple[int, int, int], prefix_len: int = 1) -> torch.Tensor:
+    """[L+N, L+N] bool: may sequence position q attend sequence position k under the kind's
+    training order, on a T x H x W grid after L = prefix_len condition tokens? Raster: k <= q.
+    NAR (proximity): the prefix is causal in itself and every grid token attends all of it;
+    a grid token on plane c attends all grid tokens on planes <= c, its own included."""
+    L = prefix_len
+    n_seq = L + shape[0] * shape[1] * shape[2]
+    allowed = torch.ones(n_seq, n_seq, dtype=torch.bool).tril()
     if kind == "raster":
-        return torch.ones(n_seq, n_seq, dtype=torch.bool).tril()
+        return allowed
     if kind != "nar":
         raise ValueError(f"unknown model kind {kind!r}")
     plane = plane_index(shape)
-    allowed = torch.zeros(n_seq, n_seq, dtype=torch.bool)
-    allowed[:, 0] = True
-    allowed[1:, 1:] = plane[None, :] <= plane[:, None]
+    allowed[L:, L:] = plane[None, :] <= plane[:, None]
     return allowed
 
 
+def with_padding(mask: torch.Tensor, prefix_ok: Optional[torch.Tensor]) -> torch.Tensor:
+    """The attention mask [S, K] with each sequence's prefix padding masked out of the keys:
+    [B, 1, S, K] (None for prefix_ok: no padding, the mask as it is). Every position may still
+    attend itself (the official t2i rule), so a padding query's row is never empty."""
+    if prefix_ok is None:
+        return mask
+    S, K = mask.shape
+    keys_ok = torch.ones(prefix_ok.shape[0], K, dtype=torch.bool, device=mask.device)
+    keys_ok[:, :prefix_ok.shape[1]] = prefix_ok
+    own = torch.eye(S, K, dtype=torch.bool, device=mask.device)
+    return ((mask[None] & keys_ok[:, None, :]) | own)[:, None]
+
+
 # -- rotary position embedding over (t,) h, w -----------------------------------------------
-def rope_table(shape: tuple[int, int, int], head_dim: int, base: float = 10000.0) -> torch.Tensor:
-    """[1 + T*H*W, head_dim // 2, 2] (cos, sin) per sequence position.
+def rope_table(shape: tuple[int, int, int], head_dim: int, base: float = 10000.0,
+               prefix_len: int = 1) -> torch.Tensor:
+    """[L + T*H*W, head_dim // 2, 2] (cos, sin) per sequence position (L = prefix_len).
 
     Images (T = 1): half of the rotated pairs turn with the row index, half with the column
     index. Video: the lowest-frequency quarter of each of those halves (pairs that turn by
     under 0.05 rad across a 16-token side, so carry almost nothing spatially) turns with the
     frame index instead, at the highest frequencies; every other pair keeps its image angle,
-    so a video model starts close to the image model it is initialised from. The class
-    token's row is all zeros, exactly as in the official code (it zeroes the class token's
-    queries and keys, which official checkpoints were trained with).
+    so a video model starts close to the image model it is initialised from. The prefix
+    rows (the class token, or the text tokens) are all zeros, exactly as in the official code
+    (it zeroes their queries and keys, which official checkpoints were trained with).
     """
     half = head_dim // 2
     per_axis = half // 2
@@ -357,7 +437,7 @@ def rope_table(shape: tuple[int, int, int], head_dim: int, base: float = 10000.0
         by_col = torch.cat([by_col[:, :per_axis - k], by_frame[:, k:]], dim=-1)
     angles = torch.cat([by_row, by_col], dim=-1)                        # [N, half]
     table = torch.stack([angles.cos(), angles.sin()], dim=-1)
-    return torch.cat([torch.zeros(1, half, 2), table])
+    return torch.cat([torch.zeros(prefix_len, half, 2), table])
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,9 @@ the model for a decoding order (the NAR model for "nar", the raster model for "r
     studio = Studio.from_pretrained("checkpoints")             # or a Hub repo id
     out = studio(["smiley"], order="nar", sampling=SamplingConfig(seed=0), callback=print)
     out.images, out.tokens, out.seconds
+
+    t2i = Studio.from_pretrained("checkpoints", text=True)     # the text-to-image models
+    out = t2i(["cat face", "flag: Japan"], order="nar")
 """
 from __future__ import annotations
 
@@ -19,10 +22,12 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError
+from .conditions import ClassCondition, Condition
 from .config import SamplingConfig
 from .decode import StepRecord, decode_steps
 from .devices import pick_device, pick_dtype
-from .loading import BUNDLED_DIR, LoadedModel, fit_problem, load_folder
+from .loading import BUNDLED_DIR, LoadedModel, fit_problem, folder_file, load_folder, resolve
+from .prompts import OwnPromptEncoder
 from .render import compose_frame, to_uint8
 from .schedules import Schedule, make_schedule
 
@@ -42,22 +47,35 @@ class StudioOutput:
 
 
 class Studio:
-    """NAR + raster models and a tokenizer on one device. Thread-safe for concurrent decodes
-    (KV caches are per call); `swap` replaces a model atomically."""
+    """NAR + raster models and a tokenizer on one device, and for text models the prompt
+    encoder. Thread-safe for concurrent decodes (KV caches are per call); `swap` replaces a
+    model atomically."""
 
-    def __init__(self, vq, nar: Optional[LoadedModel] = None, raster: Optional[LoadedModel] = None):
+    def __init__(self, vq, nar: Optional[LoadedModel] = None, raster: Optional[LoadedModel] = None,
+                 prompt_encoder=None):
         self.vq = vq
         self.models: dict[str, Optional[LoadedModel]] = {"nar": nar, "raster": raster}
+        self.prompt_encoder = prompt_encoder   # a PromptEncoder (nar/prompts.py) for text models
         self._lock = threading.Lock()
         self._blank_token: Optional[int] = None
 
     @classmethod
     def from_pretrained(cls, source: str | Path = BUNDLED_DIR, device: Optional[str] = None,
-                        dtype: Optional[torch.dtype] = None) -> "Studio":
+                        dtype: Optional[torch.dtype] = None, text: bool = False) -> "Studio":
         """The models of a folder, or of a Hub repo id, holding nar.safetensors, raster.safetensors
-        and vq.safetensors (default: the bundled checkpoints); device "auto" picks a GPU if any."""
-        vq, nar, raster = load_folder(source, device=pick_device(device), dtype=dtype)
-        return cls(vq, nar, raster)
+        and vq.safetensors (default: the bundled checkpoints); device "auto" picks a GPU if any.
+        text=True: the text-to-image models t2i_nar / t2i_raster.safetensors with
+        text_encoder.safetensors."""
+        device = pick_device(device)
+        vq, nar, raster = load_folder(source, device=device, dtype=dtype, prefix="t2i_" if text else "")
+        encoder = OwnPromptEncoder.from_file(resolve(*folder_file(source, "text_encoder.safetensors")), device) \
+            if text else None
+        return cls(vq, nar, raster, encoder)
+
+    @property
+    def is_text(self) -> bool:
+        """Whether the loaded transformers are text-to-image models (prompts, not classes)."""
+        return any(m is not None and m.model.config.condition == "text" for m in self.models.values())
 
     @property
     def device(self) -> torch.device:
@@ -131,19 +149,33 @@ class Studio:
                 ids.append(i)
         return torch.tensor(ids, dtype=torch.long)
 
-    def decode_steps(self, order: str, class_ids: torch.Tensor, sampling: SamplingConfig,
+    def condition(self, order: str, entries: Sequence) -> Condition:
+        """What the model for `order` is conditioned on: class names or ids for a class model,
+        prompts for a text model; a clear ValueError for the wrong kind or a bad entry."""
+        config = self.model_for(order).model.config
+        if config.condition != "text":
+            return ClassCondition(self.class_ids(order, list(entries)))
+        if self.prompt_encoder is None:
+            raise ValueError("this text-to-image model needs a text encoder; none is loaded")
+        if (self.prompt_encoder.max_len, self.prompt_encoder.dim) != (config.cls_token_num, config.caption_dim):
+            raise ValueError(f"the text encoder gives {self.prompt_encoder.max_len} x {self.prompt_encoder.dim} "
+                             f"features, the model takes {config.cls_token_num} x {config.caption_dim}")
+        return self.prompt_encoder(list(entries)).to(self.device)
+
+    def decode_steps(self, order: str, condition: Condition | torch.Tensor, sampling: SamplingConfig,
                      window: int = 8, sync: bool = True, record_confidence: bool = False) -> Iterator[StepRecord]:
         loaded = self.model_for(order)
-        return decode_steps(loaded.model, self.schedule(order, window), class_ids, sampling, sync=sync,
+        return decode_steps(loaded.model, self.schedule(order, window), condition, sampling, sync=sync,
                             record_confidence=record_confidence)
 
-    def __call__(self, classes: Sequence, order: str = "nar", sampling: SamplingConfig = SamplingConfig(),
+    def __call__(self, entries: Sequence, order: str = "nar", sampling: SamplingConfig = SamplingConfig(),
                  window: int = 8, callback: Optional[Callable[[StepRecord], None]] = None) -> StudioOutput:
-        """Decode one image per entry of `classes` (names or ids) in `order`; `callback` sees the
-        StepRecord of every step (its time is not counted). Returns images, tokens and timings."""
-        class_ids = self.class_ids(order, list(classes))
+        """Decode one image per entry in `order`: class names or ids for class models, prompts for
+        text models; `callback` sees the StepRecord of every step (its time is not counted).
+        Returns images, tokens and timings."""
+        condition = self.condition(order, list(entries))
         record, step_seconds = None, []
-        for record in self.decode_steps(order, class_ids, sampling.validate(), window=window):
+        for record in self.decode_steps(order, condition, sampling.validate(), window=window):
             step_seconds.append(record.elapsed)
             if callback is not None:
                 callback(record)

@@ -64,7 +64,7 @@ def linear_params(module: nn.Module) -> int:
 def step_costs(model: Transformer, schedule: Schedule, batch: int, cfg: bool) -> list[StepCost]:
     """Bytes that must be read and matmul FLOPs that must be done at each step of a decode."""
     c = model.config
-    plan = compile_plan(c.kind, schedule)
+    plan = compile_plan(c.kind, schedule, c.prefix_len)
     elem = model.tok_embeddings.weight.element_size()
     seqs = batch * (2 if cfg else 1)
     block_params = linear_params(model.layers[0])
@@ -87,7 +87,7 @@ def memory_bytes(model: Transformer, schedule: Schedule, batch: int, cfg: bool) 
     c = model.config
     elem = model.tok_embeddings.weight.element_size()
     seqs = batch * (2 if cfg else 1)
-    cache_len = compile_plan(c.kind, schedule).cache_len
+    cache_len = compile_plan(c.kind, schedule, c.prefix_len).cache_len
     return {"weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
             "kv_cache_bytes": 2 * c.n_blocks * seqs * (c.n_kv_head or c.n_head) * cache_len * c.head_dim * elem}
 

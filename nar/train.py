@@ -24,7 +24,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -33,11 +33,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import judge, vq_train
-from .checkpoint import CheckpointError, atomic_write, read_checkpoint, remove_stale_temp_files, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write, remove_stale_temp_files
 from .config import model_config
 from .images import ImageSet, load_split
-from .loading import from_checkpoint, load
+from .loading import load
 from .model import Transformer
+from .run_files import (TrainState, load_run_checkpoint, restore_optimizer, save_run_checkpoint, save_weights,
+                        trim_metrics)
+from .t2i_train import prepare_text_tokens
 from .tokens import TokenSet, tokenize
 from .uploads import scan_upload
 
@@ -70,13 +73,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0                       # torch CPU threads, 0 = torch's default
     video: bool = False                    # data is a moving emoji set (python -m nar.data moving)
-
-
-@dataclass
-class TrainState:
-    step: int = 0
-    best_val: float = float("inf")
-    history: list = field(default_factory=list)
+    text: bool = False                     # text-to-image: data is a captioned set (python -m nar.data text)
+    text_encoder: str = "checkpoints/text_encoder.safetensors"   # the frozen text encoder (text runs)
 
 
 class Callbacks:
@@ -206,55 +204,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-# -- checkpoints: weights + optimiser in one safetensors file -------------------------------
-OPTIM_PREFIX = "optim."
-
-
-def save_run_checkpoint(path: Path, model: Transformer, optimizer: torch.optim.Optimizer,
-                        class_names: list[str], state: TrainState, cfg: TrainConfig) -> Path:
-    tensors = dict(model.state_dict())
-    name_of = {id(p): n for n, p in model.named_parameters()}
-    for param, st in optimizer.state.items():
-        for key, value in st.items():
-            tensors[f"{OPTIM_PREFIX}{name_of[id(param)]}.{key}"] = value.reshape(-1) if key == "step" else value
-    extra = {"class_names": class_names, "step": state.step, "best_val": state.best_val,
-             "train_config": dataclasses.asdict(cfg)}
-    return save_checkpoint(path, model.config.kind, tensors, model.config.to_dict(), extra)
-
-
-def save_weights(path: Path, model: Transformer, class_names: list[str], state: TrainState,
-                 cfg: TrainConfig) -> Path:
-    extra = {"class_names": class_names, "step": state.step, "val_loss": state.best_val,
-             "train_config": dataclasses.asdict(cfg)}
-    return save_checkpoint(path, model.config.kind, model.state_dict(), model.config.to_dict(), extra)
-
-
-def split_run_checkpoint(path: Path):
-    """(model checkpoint, optimiser tensors by parameter name) of a run's last.safetensors."""
-    ckpt = read_checkpoint(path)
-    optim = {k[len(OPTIM_PREFIX):]: v for k, v in ckpt.state_dict.items() if k.startswith(OPTIM_PREFIX)}
-    ckpt.state_dict = {k: v for k, v in ckpt.state_dict.items() if not k.startswith(OPTIM_PREFIX)}
-    return ckpt, optim
-
-
-def load_run_checkpoint(path: Path, device: torch.device) -> tuple[Transformer, dict, list[str], TrainState]:
-    """Model, optimiser state by parameter name, class names and progress of a run."""
-    ckpt, optim = split_run_checkpoint(path)
-    loaded = from_checkpoint(ckpt, device=device, dtype=torch.float32)
-    state = TrainState(step=int(ckpt.extra.get("step", 0)), best_val=float(ckpt.extra.get("best_val", math.inf)))
-    return loaded.model, optim, loaded.class_names, state
-
-
-def restore_optimizer(optimizer: torch.optim.Optimizer, model: Transformer, saved: dict) -> None:
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        st = {key: saved[f"{name}.{key}"] for key in ("exp_avg", "exp_avg_sq", "step") if f"{name}.{key}" in saved}
-        if st:
-            st["step"] = st["step"].reshape(())
-            optimizer.state[param] = {k: v.to(param.device) if k != "step" else v for k, v in st.items()}
-
-
 # -- the loop -------------------------------------------------------------------------------
 def derived_seed(*parts: int) -> int:
     """A seed that is a pure function of integers (Python's str hash differs per process)."""
@@ -278,15 +227,18 @@ def get_batch(data: TokenSet, idx: torch.Tensor, flip: bool, seed: int, step: in
 
 
 @torch.no_grad()
-def evaluate(model: Transformer, data: TokenSet, device: torch.device, batch: int = 64) -> float:
-    """Mean held-out cross-entropy (nats/token) over the unflipped test images."""
+def evaluate(model: Transformer, data: TokenSet, device: torch.device, batch: int = 64,
+             conditioner=None) -> float:
+    """Mean held-out cross-entropy (nats/token) over the unflipped test images (text runs: each
+    with its fixed held-out caption, `conditioner.fixed`)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(data), batch):
-        labels = data.labels[start:start + batch].to(device)
+        labels = data.labels[start:start + batch]
+        condition = labels if conditioner is None else conditioner.fixed(labels)
         tokens = data.tokens[0, start:start + batch].flatten(1).to(device)
-        logits, _ = model(labels, tokens)
+        logits, _ = model(condition.to(device), tokens)
         total += F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="sum").item()
         count += tokens.numel()
     model.train(was_training)
@@ -295,10 +247,11 @@ def evaluate(model: Transformer, data: TokenSet, device: torch.device, batch: in
 
 def train_loop(cfg: TrainConfig, train_data: TokenSet, val_data: Optional[TokenSet],
                class_names: list[str], vocab_size: int, grid_size: int,
-               callbacks: Optional[Callbacks] = None) -> Path:
+               callbacks: Optional[Callbacks] = None, conditioner=None) -> Path:
     """Train (or resume) in cfg.run_dir; returns the path of the best weights. The labels of the
     data index `class_names`; they are mapped to the model's class ids (an `init` model keeps its
-    classes and gains the new ones)."""
+    classes and gains the new ones). A text run's labels are emoji ids that `conditioner` turns
+    into captions' text conditions (nar/t2i_train.py); it has no classes."""
     callbacks = callbacks or Callbacks()
     rank, world = dist_info()
     device = default_device()
@@ -311,17 +264,21 @@ def train_loop(cfg: TrainConfig, train_data: TokenSet, val_data: Optional[TokenS
     wanted = list(class_names)
     if last.is_file():
         model, saved_optim, class_names, state = load_run_checkpoint(last, device)
-        remap = class_remap(class_names, wanted)
+        remap = class_remap(class_names, wanted) if conditioner is None else None
         log(f"resuming {last} at step {state.step}", rank)
         if rank == 0:
             trim_metrics(run_dir / "metrics.jsonl", state.step)
     else:
         frames = train_data.tokens.shape[2] if train_data.tokens.ndim == 5 else 1
-        model, class_names, remap = build_model(cfg, vocab_size, grid_size, wanted, frames)
+        if conditioner is None:
+            model, class_names, remap = build_model(cfg, vocab_size, grid_size, wanted, frames)
+        else:
+            model, class_names, remap = conditioner.build_model(cfg, vocab_size, grid_size), [], None
         model, saved_optim, state = model.to(device), {}, TrainState()
-    train_data = dataclasses.replace(train_data, labels=remap[train_data.labels])
-    if val_data is not None:
-        val_data = dataclasses.replace(val_data, labels=remap[val_data.labels])
+    if remap is not None:
+        train_data = dataclasses.replace(train_data, labels=remap[train_data.labels])
+        if val_data is not None:
+            val_data = dataclasses.replace(val_data, labels=remap[val_data.labels])
     callbacks.on_start(list(class_names))
     params = trainable_parameters(model, cfg.train_layers)
     optimizer = make_optimizer(params, cfg)
@@ -337,11 +294,13 @@ def train_loop(cfg: TrainConfig, train_data: TokenSet, val_data: Optional[TokenS
         step = state.step
         torch.manual_seed(derived_seed(cfg.seed, rank, step, 3))
         idx = batch_indices(len(train_data), per_rank_batch, cfg.seed, rank, step)
-        labels, tokens = (t.to(device) for t in get_batch(train_data, idx, cfg.flip, cfg.seed + rank, step))
+        labels, tokens = get_batch(train_data, idx, cfg.flip, cfg.seed + rank, step)
+        condition = labels if conditioner is None else conditioner(labels, derived_seed(cfg.seed, rank, step, 4))
+        condition, tokens = condition.to(device), tokens.to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         with autocast:
-            _, loss = ddp(labels, tokens, targets=tokens)
+            _, loss = ddp(condition, tokens, targets=tokens)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], cfg.grad_clip)
@@ -358,7 +317,7 @@ def train_loop(cfg: TrainConfig, train_data: TokenSet, val_data: Optional[TokenS
             record["eta_s"] = sec_per_step * (cfg.steps - state.step)
             t_last, start_step = now, state.step
         if val_data is not None and (state.step % cfg.eval_every == 0 or state.step == cfg.steps):
-            record["val_loss"] = evaluate(model, val_data, device)
+            record["val_loss"] = evaluate(model, val_data, device, conditioner=conditioner)
             if record["val_loss"] < state.best_val:
                 state.best_val = record["val_loss"]
                 save_weights(best, model, class_names, state, cfg)
@@ -377,25 +336,6 @@ def train_loop(cfg: TrainConfig, train_data: TokenSet, val_data: Optional[TokenS
         atomic_write(cfg.out, lambda tmp: Path(tmp).write_bytes(best.read_bytes()))
         log(f"wrote {cfg.out}", rank)
     return best
-
-
-def trim_metrics(path: Path, step: int) -> None:
-    """Before a resumed run appends to metrics.jsonl: drop what the stopped run logged after its
-    last checkpoint (those steps run again) and a last line a kill cut short."""
-    if not path.is_file():
-        return
-    text = path.read_text()
-    keep = []
-    for line in text.splitlines(keepends=True):
-        try:
-            record = json.loads(line)
-            complete = line.endswith("\n") and int(record["step"]) <= step
-        except (ValueError, KeyError, TypeError):
-            complete = False
-        if complete:
-            keep.append(line)
-    if "".join(keep) != text:
-        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(keep)))
 
 
 def log(message: str, rank: int = 0) -> None:
@@ -419,9 +359,12 @@ def load_images(cfg: TrainConfig, image_size: int):
 
 
 def prepare_tokens(cfg: TrainConfig, progress=None):
-    """Load the tokenizer and the images, and tokenize them (cached in the run directory)."""
+    """Load the tokenizer and the images, and tokenize them (cached in the run directory). A text
+    run's third value is its CaptionConditioner (nar/t2i_train.py) instead of class names."""
     vq = load(cfg.vq, expect="vq", device=default_device())
     cache = Path(cfg.run_dir)
+    if cfg.text:
+        return prepare_text_tokens(cfg, vq, cache)
     if cfg.video:
         from .video_train import HELD_OUT_CLIPS, clip_tokens
         train, class_names = clip_tokens(vq, cfg.vq, cfg.data, "train", cache)
@@ -448,11 +391,13 @@ def train(cfg: TrainConfig, callbacks: Optional[Callbacks] = None) -> Path:
     train_set, test_set, class_names, vocab, grid = prepare_tokens(cfg)
     if world > 1 and rank == 0:
         dist.barrier()
+    conditioner, class_names = (class_names, []) if cfg.text else (None, class_names)
+    conditioned_on = "captions" if cfg.text else f"{len(class_names)} classes"
     log(f"{cfg.kind}: {len(train_set)} training {'clips' if cfg.video else 'images'}, "
-        f"{len(test_set) if test_set else 0} held out, {len(class_names)} classes, vocab {vocab}, "
+        f"{len(test_set) if test_set else 0} held out, {conditioned_on}, vocab {vocab}, "
         f"grid {'x'.join(map(str, train_set.tokens.shape[2:]))}", dist_info()[0])
     try:
-        return train_loop(cfg, train_set, test_set, class_names, vocab, grid, callbacks)
+        return train_loop(cfg, train_set, test_set, class_names, vocab, grid, callbacks, conditioner)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -39,6 +39,8 @@ def load_video_model(path: str | Path, expect_kind: str, device: torch.device) -
 
 
 class VideoStudio:
+    is_text = False    # the video models are conditioned on a motion class
+
     def __init__(self, vq, models: dict[str, LoadedModel]):
         self.vq = vq
         self.models = models

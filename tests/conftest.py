@@ -11,12 +11,14 @@ from nar.model import Transformer  # noqa: E402
 
 
 def random_model(kind: str, grid: int = 4, vocab: int = 48, classes: int = 5, seed: int = 0,
-                 dtype=torch.float32, frames: int = 1) -> Transformer:
+                 dtype=torch.float32, frames: int = 1, text_prefix: int = 0, caption_dim: int = 12) -> Transformer:
     """A small model with random weights everywhere (also the heads LlamaGen zero-inits);
-    frames > 1: a video model over frames x grid x grid tokens."""
+    frames > 1: a video model over frames x grid x grid tokens; text_prefix > 0: a text-to-image
+    model with that many prefix tokens of caption_dim features."""
     torch.manual_seed(seed)
+    text = dict(condition="text", cls_token_num=text_prefix, caption_dim=caption_dim) if text_prefix else {}
     cfg = model_config("GPT-tiny", kind=kind, vocab_size=vocab, grid_size=grid, num_classes=classes,
-                       frames=frames)
+                       frames=frames, **text)
     model = Transformer(cfg)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)

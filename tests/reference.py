@@ -3,12 +3,14 @@
 No KV cache, no compiled plan: for every step it runs full forwards over the whole sequence
 with a dense mask written out from first principles, then applies the head rule per target.
 It is teacher-forced with the tokens the fast decoder sampled, so the two can be compared
-logit for logit at every step. Grids are T x n x n (images: T = 1).
+logit for logit at every step. Grids are T x n x n (images: T = 1), after a condition prefix of
+L tokens (a class: L = 1; a text prompt: L tokens, left-padded, padding masked out of the keys).
 """
 from __future__ import annotations
 
 import torch
 
+from nar.conditions import ClassCondition, TextCondition, as_condition
 from nar.model import Transformer
 from nar.schedules import Schedule, stand_in_position
 
@@ -18,50 +20,71 @@ def coords(n: int, p: int) -> tuple[int, int, int]:
     return p // (n * n), (p // n) % n, p % n
 
 
-def allowed(kind: str, n: int, q: int, k: int) -> bool:
-    """May sequence position q attend sequence position k in the model's training order?"""
-    if kind == "raster":
-        return k <= q
-    if k == 0:
-        return True
-    if q == 0:
+def allowed(kind: str, n: int, q: int, k: int, L: int = 1) -> bool:
+    """May sequence position q attend sequence position k in the model's training order?
+    Positions below L are the prefix."""
+    if kind == "raster" or k < L:
+        return k <= q                       # causal; the prefix is seen by every grid token
+    if q < L:
         return False
-    return sum(coords(n, k - 1)) <= sum(coords(n, q - 1))   # plane t + h + w
+    return sum(coords(n, k - L)) <= sum(coords(n, q - L))   # plane t + h + w
 
 
-def head_rule(kind: str, n: int, p: int, frames: int = 1) -> list[tuple[int, str]]:
+def head_rule(kind: str, n: int, p: int, frames: int = 1, L: int = 1) -> list[tuple[int, str]]:
     t, h, w = coords(n, p)
     if kind == "raster":
-        return [(p, "right")]               # sequence position p holds grid token p - 1
+        return [(L - 1 + p, "right")]       # grid token p - 1, or the prefix's last token
     if (t, h, w) == (0, 0, 0):
-        return [(0, "right"), (0, "below")] + ([(0, "frame")] if frames > 1 else [])
+        return [(L - 1, "right"), (L - 1, "below")] + ([(L - 1, "frame")] if frames > 1 else [])
     preds = []
     if w > 0:
-        preds.append((1 + (t * n + h) * n + (w - 1), "right"))
+        preds.append((L + (t * n + h) * n + (w - 1), "right"))
     if h > 0:
-        preds.append((1 + (t * n + h - 1) * n + w, "below"))
+        preds.append((L + (t * n + h - 1) * n + w, "below"))
     if t > 0:
-        preds.append((1 + ((t - 1) * n + h) * n + w, "frame"))
+        preds.append((L + ((t - 1) * n + h) * n + w, "frame"))
     return preds
 
 
+def prefix_rows(model: Transformer, condition, guided: bool):
+    """The prefix embeddings [B', L, dim] and key validity [B', L] (condition, then null)."""
+    condition = as_condition(condition)
+    if isinstance(condition, ClassCondition):
+        labels = condition.class_ids
+        if guided:
+            labels = torch.cat([labels, torch.full_like(labels, model.config.num_classes)])
+        x = model.cls_embedding.embedding_table(labels)[:, None]
+        return x, torch.ones(x.shape[0], 1, dtype=torch.bool)
+    assert isinstance(condition, TextCondition)
+    features, mask = condition.features, condition.mask
+    if guided:
+        null = model.cls_embedding.uncond_embedding.expand_as(features)
+        features, mask = torch.cat([features, null]), torch.cat([mask, mask])
+    return model.cls_embedding.cap_proj(features), mask
+
+
 @torch.no_grad()
-def reference_step_logits(model: Transformer, schedule: Schedule, class_ids: torch.Tensor,
+def reference_step_logits(model: Transformer, schedule: Schedule, condition,
                           grid: torch.Tensor, cfg_scale: float = 1.0,
                           cfg_interval: int = -1) -> list[torch.Tensor]:
-    """Logits [B, Q_t, V] the decoder should have sampled step t's targets from."""
+    """Logits [B, Q_t, V] the decoder should have sampled step t's targets from. `condition`
+    is a tensor of class ids or a Condition."""
     kind, n = model.config.kind, schedule.grid_size
+    L = model.config.cls_token_num
     N = schedule.num_tokens
+    S = L + N
     step_of = schedule.step_of()
-    fed = [0] + [step_of[p] + 1 for p in range(N)]  # tokens are fed the step after decoding
+    fed = [0] * L + [step_of[p] + 1 for p in range(N)]  # tokens are fed the step after decoding
     guided = cfg_scale > 1.0
-    labels = torch.cat([class_ids, torch.full_like(class_ids, model.config.num_classes)]) \
-        if guided else class_ids
+    prefix, prefix_ok = prefix_rows(model, condition, guided)
     tokens = grid.repeat(2, 1) if guided else grid
-    x = torch.cat([model.embed_class(labels), model.embed_tokens(tokens)], dim=1)
-    base_mask = torch.tensor([[allowed(kind, n, q, k) and fed[k] <= fed[q] for k in range(1 + N)]
-                              for q in range(1 + N)])
-    full = model.features(x, torch.arange(1 + N), base_mask)
+    x = torch.cat([prefix, model.embed_tokens(tokens)], dim=1)
+    key_ok = torch.cat([prefix_ok, torch.ones(x.shape[0], N, dtype=torch.bool)], dim=1)  # [B', S]
+    order_mask = torch.tensor([[allowed(kind, n, q, k, L) and fed[k] <= fed[q] for k in range(S)]
+                               for q in range(S)])
+    own = torch.eye(S, dtype=torch.bool)
+    base_mask = (order_mask[None] & key_ok[:, None, :]) | own                 # [B', S, S]
+    full = model.features(x, torch.arange(S), base_mask[:, None])
 
     def hidden(q: int, t: int, head: str) -> torch.Tensor:
         if fed[q] == t:
@@ -69,16 +92,16 @@ def reference_step_logits(model: Transformer, schedule: Schedule, class_ids: tor
             index = q
         else:
             # A probe: an extra query at position q that sees the context of step t.
-            src = q - 1 if step_of[q - 1] < t else stand_in_position(schedule, q - 1, t)
+            src = q - L if step_of[q - L] < t else stand_in_position(schedule, q - L, t)
             probe = model.embed_tokens(tokens[:, src:src + 1])
-            mask = torch.zeros(2 + N, 2 + N, dtype=torch.bool)
-            mask[: 1 + N, : 1 + N] = base_mask
-            mask[-1, : 1 + N] = torch.tensor(
-                [allowed(kind, n, q, k) and fed[k] <= t and k != q for k in range(1 + N)])
-            mask[-1, -1] = True
+            mask = torch.zeros(x.shape[0], S + 1, S + 1, dtype=torch.bool)
+            mask[:, :S, :S] = base_mask
+            mask[:, -1, :S] = torch.tensor(
+                [allowed(kind, n, q, k, L) and fed[k] <= t and k != q for k in range(S)]) & key_ok
+            mask[:, -1, -1] = True
             feats = model.features(torch.cat([x, probe], dim=1),
-                                   torch.cat([torch.arange(1 + N), torch.tensor([q])]), mask)
-            index = 1 + N
+                                   torch.cat([torch.arange(S), torch.tensor([q])]), mask[:, None])
+            index = S
         h = getattr(feats, head)
         head_fn = {"right": model.logits_right, "below": model.logits_below,
                    "frame": model.logits_frame}[head]
@@ -88,7 +111,7 @@ def reference_step_logits(model: Transformer, schedule: Schedule, class_ids: tor
     for t, targets in enumerate(schedule.steps):
         per_target = []
         for p in targets:
-            preds = head_rule(kind, n, p, schedule.frames)
+            preds = head_rule(kind, n, p, schedule.frames, L)
             per_target.append(sum(hidden(q, t, head) for q, head in preds) / len(preds))
         logits = torch.stack(per_target, dim=1)
         if guided:

@@ -41,7 +41,7 @@ def check_run_files(run_dir: Path) -> dict:
     from nar.checkpoint import read_checkpoint
     from nar.loading import build_transformer
     from nar.finetune import load_upload
-    from nar.train import split_run_checkpoint
+    from nar.run_files import split_run_checkpoint
     found = {"tmp": sorted(p.name for p in run_dir.glob(".*.tmp"))}
     model, optimiser = split_run_checkpoint(run_dir / "last.safetensors")
     build_transformer(model)                               # complete: every tensor there, the right shapes

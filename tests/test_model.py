@@ -2,6 +2,8 @@
 teacher-forced forward (the cached decoder is checked against it in test_decode.py)."""
 import torch
 
+from nar.conditions import ClassCondition
+
 from nar.model import may_attend, plane_index
 
 
@@ -22,7 +24,7 @@ def test_class_embedding_has_a_null_row_last(make_model):
     model = make_model("nar", grid=4, classes=5)
     table = model.cls_embedding.embedding_table.weight
     assert table.shape[0] == 5 + 1
-    null = model.embed_class(torch.tensor([5]))
+    null, _ = model.embed_condition(ClassCondition(torch.tensor([5])))
     assert torch.equal(null[0, 0], table[-1])
 
 

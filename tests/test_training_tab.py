@@ -190,7 +190,7 @@ def test_fine_tune_learns_a_new_class_and_generates_it(client, pets_zip, runs_di
     from nar.config import SamplingConfig
     from nar.decode import generate as decode
     from nar.schedules import nar
-    from nar.train import split_run_checkpoint
+    from nar.run_files import split_run_checkpoint
 
     summary, classes, thumbs, skipped = scan(client, [pets_zip])
     assert "Found **12 images** in **2 classes** (1 new: star)" in summary

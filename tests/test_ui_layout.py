@@ -35,7 +35,11 @@ def test_every_event_has_its_api_name(demo):
 
 def test_the_page_load_refresh_reads_the_active_models(demo):
     fn = next(f.fn for f in demo.fns.values() if f.api_name == "model_info")
-    table, classes, gen_class, cmp_class, gen_window, cmp_window, steps, header = fn("dog", "moon", 9, 2)
+    (table, classes, gen_class, cmp_class, gen_window, cmp_window, steps, header,
+     gen_class_col, gen_prompt_col, cmp_class_col, cmp_prompt_col) = fn("dog", "moon", 9, 2)
+    # class models: the class pickers show, the prompt boxes do not
+    assert gen_class_col["visible"] and cmp_class_col["visible"]
+    assert gen_prompt_col["visible"] is False and cmp_prompt_col["visible"] is False
     assert table["headers"] == ["", "NAR model", "Raster model", "Tokenizer (VQ)"]
     assert [row[0] for row in table["value"]][:2] == ["source", "kind"]
     assert "**Classes (3):** cat, dog, sun" == classes

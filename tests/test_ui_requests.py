@@ -19,7 +19,7 @@ def test_a_request_holds_a_checked_sampling_config(studio):
     assert request.sampling == SamplingConfig(cfg_scale=2.5, cfg_interval=-1, temperature=0.5, top_k=10, top_p=0.9,
                                               seed=7)
     assert (request.order, request.num_images, request.window) == ("zipar", 2, 3)
-    assert {o: ids.tolist() for o, ids in request.class_ids.items()} == {"zipar": [2, 2], "nar": [2, 2]}
+    assert {o: c.class_ids.tolist() for o, c in request.conditions.items()} == {"zipar": [2, 2], "nar": [2, 2]}
     with pytest.raises(dataclasses.FrozenInstanceError):
         request.num_images = 3
 

@@ -117,3 +117,14 @@ def test_job_files(tmp_path):
     assert link_or_copy(src, tmp_path / "copy.bin").read_bytes() == b"weights"
     assert slug("Bird / Fish!") == "bird---fish" and slug("???") == "image"
     assert animation_fps(8) == 4.0 and animation_fps(256) == 30.0
+
+
+def test_history_restores_a_prompt_into_the_prompt_box_not_the_class_picker():
+    import gradio as gr
+
+    from ui.history import INPUT_ORDER, History
+    text = History.values({"class": "cat face", "seed": 4, "order": "nar", "text": True})
+    assert len(text) == len(INPUT_ORDER) + 1 and text[-1] == "cat face" and text[2] == 4
+    assert isinstance(text[0], dict) and text[0].get("__type__") == "update" and "value" not in text[0]
+    klass = History.values({"class": "dog", "seed": 1, "order": "raster"})
+    assert klass[0] == "dog" and klass[-1] == gr.update()

@@ -3,6 +3,8 @@ against the official code, the 3-D mask, schedules and RoPE along time."""
 import pytest
 import torch
 
+from nar.conditions import ClassCondition
+
 import nar.decode as decode
 from nar.config import SamplingConfig
 from nar.decode import compile_plan, decode_steps, predictors
@@ -56,20 +58,20 @@ def test_video_decode_matches_one_training_forward(make_model, kind, order):
         torch.testing.assert_close(logits, full[:, positions], atol=ATOL, rtol=RTOL)
 
 
-def wrong_frame_head(kind, shape, p):        # the t neighbour read through the below head
-    return [(q, "below" if head == "frame" else head) for q, head in predictors(kind, shape, p)]
+def wrong_frame_head(kind, shape, p, L=1):   # the t neighbour read through the below head
+    return [(q, "below" if head == "frame" else head) for q, head in predictors(kind, shape, p, L)]
 
 
-def no_frame_term(kind, shape, p):           # the t neighbour left out of the mean
-    return [pair for pair in predictors(kind, shape, p) if pair[1] != "frame" or p == 0] or predictors(kind, shape, p)
+def no_frame_term(kind, shape, p, L=1):      # the t neighbour left out of the mean
+    return [pair for pair in predictors(kind, shape, p, L) if pair[1] != "frame" or p == 0] or predictors(kind, shape, p, L)
 
 
-def ignore_time_mask(kind, shape):           # proximity by h + w only: later frames leak in
-    return may_attend(kind, (1, shape[1], shape[2] * shape[0]))
+def ignore_time_mask(kind, shape, L=1):      # proximity by h + w only: later frames leak in
+    return may_attend(kind, (1, shape[1], shape[2] * shape[0]), L)
 
 
-def strict_plane_mask(kind, shape):          # a token sees earlier planes only, not its own
-    allowed = may_attend(kind, shape)
+def strict_plane_mask(kind, shape, L=1):     # a token sees earlier planes only, not its own
+    allowed = may_attend(kind, shape, L)
     plane = torch.cat([torch.tensor([-1]), plane_index(shape)])
     own_plane = (plane[:, None] == plane[None, :]) & ~torch.eye(len(plane), dtype=torch.bool)
     return allowed & ~own_plane
@@ -166,7 +168,7 @@ def test_training_logits_match_official_forward(make_model):
     tokens = torch.randint(0, 48, (2, T * N * N))
     with torch.no_grad():
         ours, _ = model(torch.tensor([0, 4]), tokens)
-        x = torch.cat([model.embed_class(torch.tensor([0, 4])), model.embed_tokens(tokens)], dim=1)
+        x = torch.cat([model.embed_condition(ClassCondition(torch.tensor([0, 4])))[0], model.embed_tokens(tokens)], dim=1)
         feats = model.features(x, torch.arange(x.shape[1]), model.train_mask)
         official = official_training_logits(model.logits_right(feats.right), model.logits_frame(feats.frame),
                                             model.logits_below(feats.below), (T, N, N))

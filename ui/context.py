@@ -79,10 +79,15 @@ class Context:
             value = current      # an id or a name the request's ClassPicker resolves
         return gr.update(choices=names, value=value, info=Context.class_info(models, orders))
 
+    @staticmethod
+    def condition_updates(models) -> tuple:
+        """The class picker shows for class models, the prompt box for text models."""
+        return gr.update(visible=not models.is_text), gr.update(visible=models.is_text)
+
     def compare_inputs(self) -> list:
-        """What Generate's "Send to Compare" sets: the Compare tab's class, seed, window, CFG, and the tab."""
+        """What Generate's "Send to Compare" sets: the Compare tab's class, seed, window, CFG, prompt, and the tab."""
         c = self.tabs["compare"]
-        return [c.cls, c.seed, c.window, c.cfg, self.tab_bar]
+        return [c.cls, c.seed, c.window, c.cfg, c.prompt, self.tab_bar]
 
     @staticmethod
     def window_update(models, value):
@@ -105,6 +110,12 @@ class Context:
         names = models.class_names()
         shown = ", ".join(names[:60]) + (f", … ({len(names)} in all)" if len(names) > 60 else "")
         text = f"**Classes ({len(names)}):** {shown}"
+        if models.is_text:
+            encoder = models.studio.prompt_encoder
+            text = ("**Text-to-image models**: a prompt conditions them (Generate and Compare show a prompt box), "
+                    f"encoded by {getattr(encoder, 'source', '') or 'the text encoder'} into "
+                    f"{encoder.max_len} tokens x {encoder.dim} features." if encoder is not None else
+                    "**Text-to-image models**, but no text encoder is loaded: they cannot decode.")
         inferred = models.inferred_heads()
         if inferred:
             text += (f"\n\n**Head count inferred** (dim / 64) for the {' and '.join(inferred)} model: the file "
@@ -130,7 +141,8 @@ class Context:
     def view_outputs(self) -> list:
         """What the refresh below updates, in its order."""
         g, c, m = self.tabs["generate"], self.tabs["compare"], self.tabs["model"]
-        return [m.table, m.classes, g.cls, c.cls, g.window, c.window, c.steps_fig, self.tabs["header"]]
+        return [m.table, m.classes, g.cls, c.cls, g.window, c.window, c.steps_fig, self.tabs["header"],
+                g.class_col, g.prompt_col, c.class_col, c.prompt_col]
 
     def refresh(self, gen_class, cmp_class, gen_window, cmp_window, request: gr.Request = None) -> tuple:
         """Every view of the session's models (its own model may have been dropped meanwhile)."""
@@ -152,4 +164,5 @@ class Context:
         return (table, classes, self.class_update(models, gen_class),
                 self.class_update(models, cmp_class, COMPARE_ORDERS),
                 self.window_update(models, gen_window), self.window_update(models, cmp_window),
-                plots.steps_figure(grid, max(1, min(w, grid))), self.device_line(models))
+                plots.steps_figure(grid, max(1, min(w, grid))), self.device_line(models),
+                *self.condition_updates(models), *self.condition_updates(models))

@@ -42,9 +42,13 @@ class History:
 
     @staticmethod
     def values(params: dict) -> tuple:
-        """The Generate tab's inputs (ui.tab_generate's order) for `params`."""
+        """The Generate tab's inputs (ui.tab_generate's order), then its prompt box, for `params`:
+        a text model's result restores the prompt and leaves the class picker as it is."""
         merged = {**DEFAULTS, **params}
-        return tuple(merged[k] for k in INPUT_ORDER)
+        values = tuple(merged[k] for k in INPUT_ORDER)
+        if merged.get("text"):
+            return (gr.update(), *values[1:], merged["class"])
+        return (*values, gr.update())
 
     def restore(self, index) -> tuple:
         params = self._params(index)
@@ -53,12 +57,14 @@ class History:
         return self.values(params)
 
     def to_compare(self, index) -> tuple:
-        """The Compare tab's class, seed, ZipAR window and CFG scale, and the Compare tab shown."""
+        """The Compare tab's class, seed, ZipAR window, CFG scale and prompt, and the Compare tab shown."""
         params = self._params(index)
         if params is None:
             raise gr.Error("pick a result in the history first", title="Cannot do that", print_exception=False)
         merged = {**DEFAULTS, **params}
-        return merged["class"], merged["seed"], merged["window"], merged["cfg"], gr.Tabs(selected="compare")
+        text = bool(merged.get("text"))
+        return (gr.update() if text else merged["class"], merged["seed"], merged["window"], merged["cfg"],
+                merged["class"] if text else gr.update(), gr.Tabs(selected="compare"))
 
 
 def query_values(query: dict, classes: list) -> tuple:

@@ -45,6 +45,11 @@ class Models:
         known = set.intersection(*(set(loaded.class_names) for loaded in lists))
         return [name for name in lists[0].class_names if name in known]
 
+    @property
+    def is_text(self) -> bool:
+        """Whether the transformers are text-to-image models (a prompt instead of a class)."""
+        return self.studio.is_text
+
     def inferred_heads(self) -> list[str]:
         """The models whose head count was inferred (dim / 64), for a warning."""
         return [kind for kind, loaded in self.studio.models.items()

@@ -141,7 +141,7 @@ def compare_stream(studio: Studio, files: JobFiles, request: GenerateRequest, re
     frame drawn whenever the view has time (ui/live.py); the kept frames replayed when `replay`
     > 0; then the final update with a table of steps, seconds and images/s, the final images
     and a side-by-side GIF (at most ANIMATION_STEPS frames and the last)."""
-    steppers = {o: studio.decode_steps(o, request.class_ids[o], request.sampling, window=request.window)
+    steppers = {o: studio.decode_steps(o, request.conditions[o], request.sampling, window=request.window)
                 for o in COMPARE_ORDERS}
     num_steps = {o: len(studio.schedule(o, request.window)) for o in COMPARE_ORDERS}
     race = Race(steppers, num_steps, clock, max_frames)

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import torch
 
 from nar.classes import ClassPicker, is_imagenet
+from nar.conditions import ClassCondition, TextCondition
 from nar.config import SamplingConfig
 from nar.finetune import FineTuneOptions
 from nar.names import quoted
@@ -69,13 +70,18 @@ def frame_seconds(value) -> float:
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    """A checked decode request: the class ids for each order it is decoded in, the sampling."""
+    """A checked decode request: the condition for each order it is decoded in, the sampling.
+    `class_name` is what the visitor asked for: a class name or id, or a text model's prompt."""
     class_name: str | int
     num_images: int
     order: str
     window: int
     sampling: SamplingConfig
-    class_ids: dict = field(default_factory=dict)      # order -> long tensor [num_images]
+    conditions: dict = field(default_factory=dict)     # order -> Condition of num_images rows
+
+    @property
+    def is_text(self) -> bool:
+        return any(isinstance(c, TextCondition) for c in self.conditions.values())
 
 
 def parse_request(studio: Studio, orders: Sequence[str], class_name=0, num_images=1, window=8,
@@ -108,9 +114,32 @@ def parse_request(studio: Studio, orders: Sequence[str], class_name=0, num_image
             sampling = SamplingConfig(**values).validate()
         except ValueError as e:
             problems.append(str(e))
-    ids = class_ids(studio, [o for o in orders if o in ORDERS], class_name, num or 1, problems)
+    known = [o for o in orders if o in ORDERS]
+    if known and studio.is_text:
+        conditions = prompt_conditions(studio, known, class_name, num or 1, problems)
+    else:
+        conditions = {o: ClassCondition(ids) for o, ids in class_ids(studio, known, class_name, num or 1, problems).items()}
     raise_if(problems)
-    return GenerateRequest(class_name, num, orders[0], w, sampling, ids)
+    return GenerateRequest(class_name, num, orders[0], w, sampling, conditions)
+
+
+def prompt_conditions(studio: Studio, orders: Sequence[str], prompt, count: int,
+                      problems: list[str]) -> dict[str, TextCondition]:
+    """The text condition of `prompt` for each order's text model, `count` times."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        problems.append("type a prompt, e.g. 'cat face'")
+        return {}
+    if len(prompt) > MAX_NAME_CHARS:
+        problems.append(f"the prompt is {len(prompt)} characters; prompts are far shorter (see the hint)")
+        return {}
+    conditions = {}
+    for order in orders:
+        try:
+            conditions[order] = studio.condition(order, [prompt.strip()] * count)
+        except ValueError as e:
+            if str(e) not in problems:
+                problems.append(str(e))
+    return conditions
 
 
 def class_ids(studio: Studio, orders: Sequence[str], class_name, count: int,

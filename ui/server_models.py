@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 from nar.presets import PRESETS, get_preset, load_preset
 
-from .service import BUNDLED, folder_models
+from .service import BUNDLED, BUNDLED_TEXT, folder_models
 from .sessions import SharedModels
 
 ADMIN_ENV = "NAR_STUDIO_ADMIN"          # user:password of the one who may replace the server's models
@@ -29,10 +29,10 @@ def preset_models(name: str, device: Optional[str] = None) -> SharedModels:
 def shared_loader(name: str, folder: Optional[Path], device: Optional[str]) -> Callable[[], SharedModels]:
     """What builds the model set `name` ("bundled" or a preset name); ValueError for an unknown name."""
     name = str(name or "").strip()
-    if name == BUNDLED:
+    if name in (BUNDLED, BUNDLED_TEXT):
         if folder is None:
-            raise ValueError("the server was started without a checkpoint folder, so 'bundled' is not available")
-        return lambda: folder_models(folder, device, BUNDLED)
+            raise ValueError(f"the server was started without a checkpoint folder, so {name!r} is not available")
+        return lambda: folder_models(folder, device, name)
     get_preset(name)          # an unknown name is refused here, before anything is released
     return lambda: preset_models(name, device)
 
@@ -71,6 +71,9 @@ def preset_markdown(name: str) -> str:
     architecture, the raster partner (or why there is none) and the sampling defaults."""
     if name == BUNDLED:
         return "**bundled**: the checkpoints the app ships with (see README, Bundled checkpoints)."
+    if name == BUNDLED_TEXT:
+        return ("**bundled-text**: the bundled text-to-image models (NAR and raster) with their text encoder: "
+                "type a prompt such as \"cat face\" or \"flag: Japan\", in 15 languages (see README, Text to image).")
     try:
         p = get_preset(name)
     except ValueError as e:

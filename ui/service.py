@@ -35,11 +35,18 @@ from .video import (NO_VIDEO, VideoUpdate, load_video_models, parse_video_reques
 
 log = logging.getLogger("nar.ui")
 BUNDLED = "bundled"
+BUNDLED_TEXT = "bundled-text"    # the folder's text-to-image models (t2i_*.safetensors, text_encoder.safetensors)
+TEXT_FILES = ("t2i_nar.safetensors", "t2i_raster.safetensors", "text_encoder.safetensors", "vq.safetensors")
 
 
 def folder_models(folder: Path, device: Optional[str] = None, name: str = BUNDLED) -> SharedModels:
-    """The checkpoints of a folder as one of the server's model sets."""
-    return SharedModels(name, Studio.from_pretrained(folder, device), lambda: folder_models(folder, device, name))
+    """The checkpoints of a folder as one of the server's model sets (BUNDLED_TEXT: its text models)."""
+    studio = Studio.from_pretrained(folder, device, text=name == BUNDLED_TEXT)
+    return SharedModels(name, studio, lambda: folder_models(folder, device, name))
+
+
+def has_text_models(folder: Optional[Path]) -> bool:
+    return folder is not None and all((Path(folder) / f).is_file() for f in TEXT_FILES)
 
 
 @dataclass(frozen=True)
@@ -175,7 +182,8 @@ class Service:
                                 request.num_images, half)
                     note = f"(did not fit in device memory at {asked} images: decoded {half}) "
                     request = dataclasses.replace(request, num_images=half,
-                                                  class_ids={o: t[:half] for o, t in request.class_ids.items()})
+                                                  conditions={o: c.index(slice(None, half))
+                                                              for o, c in request.conditions.items()})
         finally:
             self._forget(session, registered)
 
@@ -194,7 +202,7 @@ class Service:
         """Raster, ZipAR and NAR on the same class and seed, interleaved by `clock` (ui/race.py);
         `stop(session)` ends the race cleanly."""
         replay = frame_seconds(replay_seconds)
-        missing = [o for o in COMPARE_ORDERS if o not in request.class_ids]
+        missing = [o for o in COMPARE_ORDERS if o not in request.conditions]
         if missing:
             raise ValueError(f"the request was not checked for {', '.join(missing)}")
         registered: list = []
@@ -369,4 +377,4 @@ def request_params(request: GenerateRequest) -> dict:
     s = request.sampling
     return {"class": request.class_name, "seed": s.seed, "order": request.order, "window": request.window,
             "images": request.num_images, "cfg": s.cfg_scale, "cfg_interval": s.cfg_interval,
-            "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p}
+            "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "text": request.is_text}

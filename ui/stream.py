@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
+from nar.conditions import condition_labels
 from nar.config import SamplingConfig
 from nar.pipeline import Studio
 from nar.render import compose_frame, save_gif, save_mp4, save_png, tile, upscale
@@ -161,14 +162,15 @@ def generate_stream(studio: Studio, files: JobFiles, request: GenerateRequest, r
     when `replay` > 0, the kept steps again at `replay` seconds a step; then the final images, and
     last the animation files. `started` gets the running decode (the Stop button stops it)."""
     order, sampling = request.order, request.sampling
-    class_ids = request.class_ids[order]
-    columns = min(4, len(class_ids))
+    condition = request.conditions[order]
+    count = condition.batch
+    columns = min(4, count)
     n, image_px = studio.vq.cfg.grid_size, studio.vq.cfg.image_size
-    scale = live_scale(len(class_ids), image_px)
+    scale = live_scale(count, image_px)
     num_steps = len(studio.schedule(order, request.window))
-    kept = KeptSteps(order, num_steps, len(class_ids), n * n)
+    kept = KeptSteps(order, num_steps, count, n * n)
     run.num_steps = num_steps
-    decode = LiveDecode(studio.decode_steps(order, class_ids, sampling, window=request.window,
+    decode = LiveDecode(studio.decode_steps(order, condition, sampling, window=request.window,
                                             record_confidence=True), kept.keep).start()
     started(decode)
 
@@ -201,16 +203,18 @@ def generate_stream(studio: Studio, files: JobFiles, request: GenerateRequest, r
                                  f"replay · {step_caption(order, step, num_steps, kept.elapsed[step - 1])}")
     images = studio.images(kept.grid_at(done))
     loaded = studio.model_for(order)
-    names, dtype = loaded.class_names, next(loaded.model.parameters()).dtype
+    dtype = next(loaded.model.parameters()).dtype
+    subjects = condition_labels(loaded.class_names, condition)
     job = files.new("generate")
     paths, labels = [], []
-    for i, (image, cid) in enumerate(zip(images, class_ids.tolist())):
-        labels.append(f"{names[cid]}, {seed_label(sampling.seed, i, dtype)}")
-        paths.append(save_png(image, job / f"{order}-{slug(names[cid])}-seed{sampling.seed + i}.png"))
+    for i, (image, subject) in enumerate(zip(images, subjects)):
+        labels.append(f"{subject}, {seed_label(sampling.seed, i, dtype)}")
+        paths.append(save_png(image, job / f"{order}-{slug(subject)}-seed{sampling.seed + i}.png"))
     summary = {"order": order, "window": request.window if order == "zipar" else None,
-               "steps": num_steps, "steps_done": done, "seconds": round(seconds, 4), "images": len(class_ids),
-               "images_per_s": round(len(class_ids) / max(seconds, 1e-9), 3),
-               "class": names[int(class_ids[0])], "seed": sampling.seed, "device": str(studio.device)}
+               "steps": num_steps, "steps_done": done, "seconds": round(seconds, 4), "images": count,
+               "images_per_s": round(count / max(seconds, 1e-9), 3),
+               "class" if not request.is_text else "prompt": subjects[0], "seed": sampling.seed,
+               "device": str(studio.device)}
     if kept.stopped:
         caption = stop_caption(order, done, num_steps, seconds)
         final = tile(studio.frames(kept.record_at(done), scale=scale), columns) if done else \

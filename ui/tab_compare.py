@@ -14,6 +14,7 @@ from nar.classes import is_imagenet
 from .benchmarks import benchmark_files, measured_table, uses_cuda_graphs
 from .context import Context, session
 from .inputs import PROBLEMS, ClassBox, Number, Slider, fail
+from .prompts import prompt_box, subject
 from .race import COMPARE_HEADERS, COMPARE_ORDERS
 from .requests import MAX_FRAME_SECONDS
 from .stream import ORDER_LABELS, random_seed
@@ -33,9 +34,11 @@ def build(ctx: Context) -> SimpleNamespace:
                 "interleaved, always advancing the one with the least decode time so far, so every "
                 "frame shows all three after the same decode time.")
     with gr.Row(equal_height=True):
-        t.cls = ClassBox(classes, value=classes[0] if classes else None, label="Class",
-                         allow_custom_value=is_imagenet(classes), filterable=True, scale=3,
-                         info=ctx.class_info(ctx.models, COMPARE_ORDERS))
+        with gr.Column(visible=not ctx.models.is_text, scale=3, elem_id="cmp-class-col") as t.class_col:
+            t.cls = ClassBox(classes, value=classes[0] if classes else None, label="Class",
+                             allow_custom_value=is_imagenet(classes), filterable=True,
+                             info=ctx.class_info(ctx.models, COMPARE_ORDERS))
+        t.prompt_col, t.prompt = prompt_box(ctx.models.is_text, "cmp-prompt")
         with gr.Row(elem_id="cmp-seed-row", scale=3):
             t.seed = Number(0, label="Seed", precision=0, minimum=0, scale=3)
             t.dice = gr.Button("Random", scale=1, min_width=90, size="md")
@@ -84,11 +87,12 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
     service = ctx.service
 
     # not under spaces.GPU: Service.compare asks ZeroGPU for the decode alone (ui/zerogpu.py)
-    def compare(class_name, seed: int, window: int, cfg_scale, replay_seconds_per_frame,
+    def compare(class_name, seed: int, window: int, cfg_scale, replay_seconds_per_frame, prompt: str = "",
                 request: gr.Request = None):
         key = session(request)      # the visitor's models (ui/sessions.py)
         try:
-            checked = service.request(COMPARE_ORDERS, session=key, class_name=class_name, seed=seed, window=window,
+            wanted = subject(service.models_for(key), class_name, prompt)   # a text model takes the prompt
+            checked = service.request(COMPARE_ORDERS, session=key, class_name=wanted, seed=seed, window=window,
                                       cfg_scale=cfg_scale)
             for u in service.compare(checked, replay_seconds_per_frame, session=key):
                 images = [u.frames[o] for o in COMPARE_ORDERS]
@@ -135,7 +139,7 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
 
     t.dice.click(random_seed, None, t.seed, api_name="random_seed_compare", **ctx.light)
     event = t.button.click(
-        compare, [t.cls, t.seed, t.window, t.cfg, t.pace], [*t.images, *t.captions, t.table, t.gif],
+        compare, [t.cls, t.seed, t.window, t.cfg, t.pace, t.prompt], [*t.images, *t.captions, t.table, t.gif],
         api_name="compare",
         api_description="Raster, ZipAR and NAR on the same class and seed, interleaved by decode time; "
                         "returns the final images, captions and a table of steps, seconds and images/s.",

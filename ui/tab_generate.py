@@ -1,4 +1,4 @@
-"""The Generate tab: a class, an order and the sampling; the picture streams while it decodes
+"""The Generate tab: a class (a prompt, for text models), an order and the sampling; the picture streams while it decodes
 (the decoder never waits for it); then a step slider over the kept steps, a confidence overlay,
 the session's history of results, and a link that restores a result's parameters."""
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .sessions import SessionModelGone
 from .history import EXAMPLES, History, query_values
 from .inputs import PROBLEMS, ClassBox, Number, Slider, fail, sampling_inputs
 from .live import ANIMATION_STEPS
+from .prompts import prompt_box, subject
 from .requests import MAX_FRAME_SECONDS
 from .results import share_query
 from .stream import random_seed
@@ -28,9 +29,11 @@ def build(ctx: Context) -> SimpleNamespace:
     t = SimpleNamespace()
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            t.cls = ClassBox(classes, value=classes[0] if classes else None, label="Class",
-                             allow_custom_value=is_imagenet(classes), filterable=True,
-                             info=ctx.class_info(ctx.models))
+            with gr.Column(visible=not ctx.models.is_text, elem_id="gen-class-col") as t.class_col:
+                t.cls = ClassBox(classes, value=classes[0] if classes else None, label="Class",
+                                 allow_custom_value=is_imagenet(classes), filterable=True,
+                                 info=ctx.class_info(ctx.models))
+            t.prompt_col, t.prompt = prompt_box(ctx.models.is_text, "gen-prompt")
             with gr.Row(elem_id="seed-row"):
                 t.seed = Number(0, label="Seed", precision=0, scale=3, minimum=0)
                 t.dice = gr.Button("Random", scale=1, min_width=90, size="md")
@@ -92,10 +95,12 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
 
     # not under spaces.GPU: Service.generate asks ZeroGPU for the decode alone (ui/zerogpu.py)
     def generate(class_name, num_images: int, seed: int, order, window: int, cfg_scale, cfg_interval: int,
-                 temperature, top_k: int, top_p, replay_seconds_per_step, request: gr.Request = None):
+                 temperature, top_k: int, top_p, replay_seconds_per_step, prompt: str = "",
+                 request: gr.Request = None):
         key = session(request)      # the visitor's models (ui/sessions.py)
         try:
-            checked = service.request([order], session=key, class_name=class_name, num_images=num_images,
+            wanted = subject(service.models_for(key), class_name, prompt)   # a text model takes the prompt
+            checked = service.request([order], session=key, class_name=wanted, num_images=num_images,
                                       window=window, cfg_scale=cfg_scale, cfg_interval=cfg_interval,
                                       temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
             for u in service.generate(checked, replay_seconds_per_step, session=key):
@@ -138,11 +143,11 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
                    api_name="order_changed", api_visibility="undocumented", **ctx.light)
     inputs = [t.cls, t.num, t.seed, t.order, t.window, t.cfg, t.cfg_interval, t.temperature, t.top_k, t.top_p]
     event = t.button.click(
-        generate, [*inputs, t.pace],
+        generate, [*inputs, t.pace, t.prompt],
         [t.live, t.caption, t.gallery, t.gif, t.mp4, t.result], api_name="generate",
-        api_description="Decode images of a class. Streams the newest decoded step while the decoder runs at "
-                        "full speed, then the final images, then the animation (GIF, MP4). Stop it with "
-                        "/stop_generate from the same client.", show_progress="minimal",
+        api_description="Decode images of a class (a text model: of the prompt). Streams the newest decoded step "
+                        "while the decoder runs at full speed, then the final images, then the animation (GIF, "
+                        "MP4). Stop it with /stop_generate from the same client.", show_progress="minimal",
         trigger_mode="always_last", **ctx.heavy)   # a click while the files are written runs next
     event.then(after_generate, [t.result, t.history_state], [t.scrub, t.history_state, t.history, t.share],
                api_name="after_generate", api_visibility="undocumented", **ctx.light)
@@ -155,13 +160,13 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
           "kept tokens, optionally with the sampled tokens' probabilities as a heat map.", **ctx.light)
     t.history.select(pick_index, None, t.picked, api_name="pick_result", api_visibility="undocumented",
                      **ctx.light)
-    t.restore.click(lambda i, h: History(h).restore(i), [t.picked, t.history_state], inputs,
+    t.restore.click(lambda i, h: History(h).restore(i), [t.picked, t.history_state], [*inputs, t.prompt],
                     api_name="restore_result", api_visibility="undocumented", **ctx.light)
     t.to_compare.click(lambda i, h: History(h).to_compare(i), [t.picked, t.history_state], ctx.compare_inputs(),
                        api_name="send_to_compare", api_visibility="undocumented", **ctx.light)
     for i, (button, example) in enumerate(zip(t.examples, [e for e in EXAMPLES if e["class"] in
                                                            ctx.models.class_names()])):
-        button.click(lambda e=example: History.values(e), None, inputs, api_name=f"example_{i}",
+        button.click(lambda e=example: History.values(e), None, [*inputs, t.prompt], api_name=f"example_{i}",
                      api_visibility="undocumented", **ctx.light)
 
     def from_link(request: gr.Request = None):

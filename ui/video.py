@@ -118,7 +118,7 @@ def video_stream(studio: VideoStudio, files: JobFiles, request: GenerateRequest,
     whole clip, or as far as a Stop let it get) with the clip files. `started` gets the running
     decode (Stop stops it)."""
     order, sampling = request.order, request.sampling
-    class_ids = request.class_ids[order]
+    class_ids = request.conditions[order].class_ids
     shape = clip_shape(studio, order)
     scale = view_scale(studio, shape)
     num_steps = len(studio.schedule(order, request.window))
@@ -168,7 +168,7 @@ def video_race_stream(studio: VideoStudio, request: GenerateRequest, max_frames:
     """Raster and NAR on the same motion and seed, interleaved by their decode clocks (ui/race.py)
     in their own thread, the newest race frame drawn when the view has time; the last update has
     the table of steps, seconds and clips/s."""
-    steppers = {o: studio.decode_steps(o, request.class_ids[o], request.sampling, window=request.window)
+    steppers = {o: studio.decode_steps(o, request.conditions[o], request.sampling, window=request.window)
                 for o in RACE_ORDERS}
     num_steps = {o: len(studio.schedule(o, request.window)) for o in RACE_ORDERS}
     shapes = {o: clip_shape(studio, o) for o in RACE_ORDERS}
