@@ -31,7 +31,7 @@ import torch
 from .config import SamplingConfig
 from .devices import wait_for_stream
 from .model import Transformer, may_attend
-from .sampling import cfg_combine, sample
+from .sampling import cfg_combine, noise_table, sample
 from .schedules import Schedule, stand_in_position
 
 CLASS_TOKEN = -1  # token_src value meaning "the class embedding"
@@ -188,6 +188,7 @@ class DecodeState:
     seeds: torch.Tensor            # [B] one sampling seed per image
     grid: torch.Tensor             # [B, T*n*n] tokens so far, -1 where not decoded yet
     caches: list
+    noise: Optional[torch.Tensor] = None   # [B, T*n*n, V] this decode's Gumbel noise (CPU), drawn at step 0
 
 
 def new_state(model: Transformer, plan: DecodePlan, class_ids: torch.Tensor, sampling: SamplingConfig) -> DecodeState:
@@ -227,8 +228,10 @@ def run_step(model: Transformer, state: DecodeState, t: int, sp: StepPlan, sampl
         logits = logits + model.logits_frame(feats.frame[:, sp.frame_idx]) * sp.frame_w[:, None]
     if state.labels.shape[0] > state.batch:
         logits = cfg_combine(logits, sampling.cfg_scale) if guided else logits[:state.batch]
+    if t == 0:   # from the seeds of this decode (a reused state gets new ones)
+        state.noise = noise_table(state.seeds, state.grid.shape[1], logits.shape[-1])
     drawn = sample(logits, state.seeds, sp.targets, sampling.temperature, sampling.top_k, sampling.top_p,
-                   with_probability=with_probability)
+                   with_probability=with_probability, table=state.noise)
     tokens = drawn[0] if with_probability else drawn
     state.grid[:, sp.targets] = tokens
     return (tokens, logits, drawn[1]) if with_probability else (tokens, logits)
