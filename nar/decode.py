@@ -33,6 +33,7 @@ from .devices import wait_for_stream
 from .model import Transformer, may_attend
 from .sampling import cfg_combine, noise_table, sample
 from .schedules import Schedule, stand_in_position
+from .threads import decode_threads, running_on, threads_for_rows
 
 CLASS_TOKEN = -1  # token_src value meaning "the class embedding"
 
@@ -253,9 +254,11 @@ def decode_steps(model: Transformer, schedule: Schedule, class_ids: torch.Tensor
     plan = plan_on(model.config.kind, schedule, str(device))
     state = new_state(model, plan, class_ids, sampling)
     guided, busy = guidance(plan, sampling), 0.0
+    budget = decode_threads() if device.type == "cpu" else None   # CPU threads: nar/threads.py
     for t, sp in enumerate(plan.steps):
         started = time.perf_counter()
-        out = run_step(model, state, t, sp, sampling, guided[t], with_probability=record_confidence)
+        with running_on(budget and threads_for_rows(budget, state.labels.shape[0] * len(sp.slots))):
+            out = run_step(model, state, t, sp, sampling, guided[t], with_probability=record_confidence)
         tokens, logits = out[0], out[1]
         if sync:
             wait_for_stream(device)  # this request's stream only, not the whole device

@@ -76,9 +76,6 @@ def install(timer: ExclusiveTimer) -> list:
         (nar.decode, "sample", "sampling"),
         (nar.decode, "run_step", "rest"),
     ]
-    for name in ("sample_front", "threads_for"):   # faster paths, when this tree has them
-        if hasattr(nar.decode, name):
-            patches.append((nar.decode, name, "sampling" if name == "sample_front" else "rest"))
     saved = []
     for owner, attr, label in patches:
         original = getattr(owner, attr)
