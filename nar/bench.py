@@ -11,13 +11,21 @@ interleaved (one suite and batch at a time, fewer where the GPU's free memory sa
 group is freed before the next. Results go to runs/bench/<device>.json (--out-dir benchmarks
 replaces the committed ones), rewritten after every group so a cut-off run keeps what it
 measured; --json prints the same object as the last line.
+
+On a CPU each decode picks its threads by nar/threads.py (at most the cores no other program is
+busy on; one for a small step); --fixed-threads runs every step on --threads instead.
+--busy-neighbour starts one busy-loop process beside the timing (after the limits are measured,
+so the bound stays the machine's) and writes <device>[-quick]-busy.json: what a second program on
+the machine costs each order.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import json
+import os
 import platform
+import subprocess
 import resource
 import statistics
 import sys
@@ -38,6 +46,7 @@ from .model import Transformer
 from .loading import BUNDLED_DIR, ROOT, load_folder
 from .roofline import MachineLimits, bound_seconds, measure_limits, memory_bound_steps, memory_bytes, step_costs
 from .schedules import Schedule, make_schedule, nar, raster, zipar
+from . import threads as cpu_threads
 
 ZIPAR_WINDOWS = (4, 8)
 
@@ -361,6 +370,25 @@ def normalise_result(r: dict) -> Optional[dict]:
             "images_per_s": 1.0 / per_image}
 
 
+def start_busy_neighbour() -> subprocess.Popen:
+    """Another program keeping one core busy (a pure Python loop), at our own priority."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop(process: Optional[subprocess.Popen]) -> None:
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def load_average() -> Optional[list[float]]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nar.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="bundled models, batch 1, CFG on")
@@ -378,8 +406,20 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="on a GPU, launch every step's kernels instead of replaying captured CUDA graphs")
     p.add_argument("--out-dir", default=str(ROOT / "runs" / "bench"),
                    help="where the JSON and plots go (pass benchmarks to replace the committed results)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice, one per core); each decode may use fewer")
+    p.add_argument("--fixed-threads", action="store_true",
+                   help="run every step on --threads, whatever the step size and the machine's load")
+    p.add_argument("--busy-neighbour", action="store_true",
+                   help="time beside one busy-loop process (written to <device>[-quick]-busy.json)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            sys.exit("error: --threads must be at least 1")
+        torch.set_num_threads(args.threads)
+    if args.fixed_threads:
+        cpu_threads.set_policy(cpu_threads.ThreadPolicy(adaptive=False))
     device = pick_device(args.device)
     dtype = pick_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
     log = lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True)  # noqa: E731
@@ -402,13 +442,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     log(f"measured limits: {limits.bandwidth_bytes_per_s / 1e9:.0f} GB/s copy, "
         f"{limits.matmul_flops_per_s / 1e12:.2f} TFLOP/s matmul ({dtype})")
     name = device_name(device)
-    out_path = Path(args.out_dir) / f"{name}{'-quick' if args.quick else ''}.json"
+    suffix = ("-quick" if args.quick else "") + ("-busy" if args.busy_neighbour else "") + \
+        ("-fixed" if args.fixed_threads else "")
+    out_path = Path(args.out_dir) / f"{name}{suffix}.json"
     free_memory(device)   # the limits' big buffers are still cached: free them before asking what is free
     groups = plan_groups(cases, free_device_bytes(device))
     log(f"{len(cases)} configurations in {len(groups)} group(s) x {rounds} interleaved rounds on {name} ({dtype})")
     report = {"device": name, "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
               "machine": platform.machine(), "quick": args.quick, "cuda_graphs": graphs, "complete": False,
-              "vq": vq_decode_time(vq), "limits": limits.to_json()}
+              "vq": vq_decode_time(vq), "limits": limits.to_json(),
+              "threads": {"torch_threads": torch.get_num_threads(), "policy": vars(cpu_threads.POLICY).copy()}
+              if device.type == "cpu" else None,
+              "busy_neighbour": args.busy_neighbour, "load_average_start": load_average()}
     start = time.perf_counter()
 
     def write_report(outcomes: dict[int, Outcome]) -> None:
@@ -421,13 +466,18 @@ def main(argv: Optional[list[str]] = None) -> None:
                       speedup_by_suite={size: speedups(results, suite=size)
                                         for size in sorted({r["suite"] for r in results} - {"bundled"})},
                       peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      load_average_end=load_average(),
                       wall_seconds=time.perf_counter() - start)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         if not args.quick and results:
             report["plots"] = plot(results, out_path.parent, name)
         atomic_write(out_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
 
-    outcomes = time_interleaved(cases, rounds, args.warmup, log, groups, write_report)
+    neighbour = start_busy_neighbour() if args.busy_neighbour else None
+    try:
+        outcomes = time_interleaved(cases, rounds, args.warmup, log, groups, write_report)
+    finally:
+        stop(neighbour)
     report["complete"] = True
     write_report(outcomes)
     results = report["results"]
