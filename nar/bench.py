@@ -11,13 +11,21 @@ interleaved (one suite and batch at a time, fewer where the GPU's free memory sa
 group is freed before the next. Results go to runs/bench/<device>.json (--out-dir benchmarks
 replaces the committed ones), rewritten after every group so a cut-off run keeps what it
 measured; --json prints the same object as the last line.
+
+On a CPU each decode picks its threads by nar/threads.py (at most the cores no other program is
+busy on; one for a small step); --fixed-threads runs every step on --threads instead.
+--busy-neighbour starts one busy-loop process beside the timing (after the limits are measured,
+so the bound stays the machine's) and writes <device>[-quick]-busy.json: what a second program on
+the machine costs each order.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import json
+import os
 import platform
+import subprocess
 import resource
 import statistics
 import sys
@@ -29,6 +37,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
+from .bench_plots import plot
 from .checkpoint import atomic_write
 from .config import SamplingConfig, model_config
 from .decode import decode_steps
@@ -37,7 +46,8 @@ from .graphs import CaptureError, GraphedDecode, is_out_of_memory, probe_conditi
 from .model import Transformer
 from .loading import BUNDLED_DIR, ROOT, load_folder
 from .roofline import MachineLimits, bound_seconds, measure_limits, memory_bound_steps, memory_bytes, step_costs
-from .schedules import Schedule, make_schedule, nar, raster, zipar
+from .schedules import Schedule, make_schedule
+from . import threads as cpu_threads
 
 ZIPAR_WINDOWS = (4, 8)
 
@@ -286,59 +296,6 @@ def speedups(results: list[dict], suite: str = "bundled", batch: int = 1, cfg: b
     return out
 
 
-def plot(results: list[dict], out_dir: Path, device: str) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    paths = []
-    for metric, ylabel, name in (("latency_per_image_s", "seconds per image", "latency"),
-                                 ("images_per_s", "images per second", "throughput")):
-        suites = sorted({r["suite"] for r in results})
-        fig, axes = plt.subplots(1, len(suites), figsize=(5 * len(suites), 4), squeeze=False)
-        for ax, suite in zip(axes[0], suites):
-            for label in sorted({r["label"] for r in results if r["suite"] == suite}):
-                rows = sorted((r for r in results if r["suite"] == suite and r["label"] == label and r["cfg"]),
-                              key=lambda r: r["batch"])
-                if rows:
-                    ax.plot([r["batch"] for r in rows], [r[metric] for r in rows], "o-", label=label.split(" ", 1)[1])
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("batch size (CFG on)")
-            ax.set_ylabel(ylabel)
-            ax.set_title(suite)
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.suptitle(f"{name} vs batch on {device}")
-        fig.tight_layout()
-        path = out_dir / f"{device}_{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(str(path))
-    paths.append(plot_steps(out_dir / "steps_vs_grid.png"))
-    return paths
-
-
-def plot_steps(path: Path) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    ns = list(range(4, 33, 2))
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot(ns, [len(raster(n)) for n in ns], "o-", label="raster (n²)")
-    for w in ZIPAR_WINDOWS:
-        ax.plot(ns, [len(zipar(n, min(w, n))) for n in ns], "o-", label=f"ZipAR window {w}")
-    ax.plot(ns, [len(nar(n)) for n in ns], "o-", label="NAR (2n-1)")
-    ax.set_yscale("log")
-    ax.set_xlabel("grid side n (tokens)")
-    ax.set_ylabel("forward passes per image")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
-
-
 # -- reading reports back -----------------------------------------------------------------------
 def read_report(path: Path) -> tuple[str, list[dict]]:
     """(device name, result rows) of a report this benchmark wrote; tolerant of missing keys (an
@@ -379,6 +336,25 @@ def normalise_result(r: dict) -> Optional[dict]:
             "images_per_s": 1.0 / per_image}
 
 
+def start_busy_neighbour() -> subprocess.Popen:
+    """Another program keeping one core busy (a pure Python loop), at our own priority."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop(process: Optional[subprocess.Popen]) -> None:
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def load_average() -> Optional[list[float]]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(prog="python -m nar.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="bundled models, batch 1, CFG on")
@@ -400,8 +376,20 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="the video cases instead (nar/bench_video.py): bundled 4x8x8 clips and random 4x16x16 ones")
     p.add_argument("--text", action="store_true",
                    help="also time text-to-image decoding (bundled t2i models, and a 120-token prefix)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice, one per core); each decode may use fewer")
+    p.add_argument("--fixed-threads", action="store_true",
+                   help="run every step on --threads, whatever the step size and the machine's load")
+    p.add_argument("--busy-neighbour", action="store_true",
+                   help="time beside one busy-loop process (written to <device>[-quick]-busy.json)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            sys.exit("error: --threads must be at least 1")
+        torch.set_num_threads(args.threads)
+    if args.fixed_threads:
+        cpu_threads.set_policy(cpu_threads.ThreadPolicy(adaptive=False))
     device = pick_device(args.device)
     dtype = pick_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
     log = lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True)  # noqa: E731
@@ -432,13 +420,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     log(f"measured limits: {limits.bandwidth_bytes_per_s / 1e9:.0f} GB/s copy, "
         f"{limits.matmul_flops_per_s / 1e12:.2f} TFLOP/s matmul ({dtype})")
     name = device_name(device)
-    out_path = Path(args.out_dir) / f"{name}{'-quick' if args.quick else ''}.json"
+    suffix = ("-quick" if args.quick else "") + ("-busy" if args.busy_neighbour else "") + \
+        ("-fixed" if args.fixed_threads else "")
+    out_path = Path(args.out_dir) / f"{name}{suffix}.json"
     free_memory(device)   # the limits' big buffers are still cached: free them before asking what is free
     groups = plan_groups(cases, free_device_bytes(device))
     log(f"{len(cases)} configurations in {len(groups)} group(s) x {rounds} interleaved rounds on {name} ({dtype})")
     report = {"device": name, "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
               "machine": platform.machine(), "quick": args.quick, "cuda_graphs": graphs, "complete": False,
-              "vq": vq_decode_time(vq), "limits": limits.to_json()}
+              "vq": vq_decode_time(vq), "limits": limits.to_json(),
+              "threads": {"torch_threads": torch.get_num_threads(), "policy": vars(cpu_threads.POLICY).copy()}
+              if device.type == "cpu" else None,
+              "busy_neighbour": args.busy_neighbour, "load_average_start": load_average()}
     start = time.perf_counter()
 
     def write_report(outcomes: dict[int, Outcome]) -> None:
@@ -451,13 +444,18 @@ def main(argv: Optional[list[str]] = None) -> None:
                       speedup_by_suite={size: speedups(results, suite=size)
                                         for size in sorted({r["suite"] for r in results} - {"bundled"})},
                       peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      load_average_end=load_average(),
                       wall_seconds=time.perf_counter() - start)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         if not args.quick and results:
-            report["plots"] = plot(results, out_path.parent, name)
+            report["plots"] = plot(results, out_path.parent, name, ZIPAR_WINDOWS)
         atomic_write(out_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
 
-    outcomes = time_interleaved(cases, rounds, args.warmup, log, groups, write_report)
+    neighbour = start_busy_neighbour() if args.busy_neighbour else None
+    try:
+        outcomes = time_interleaved(cases, rounds, args.warmup, log, groups, write_report)
+    finally:
+        stop(neighbour)
     report["complete"] = True
     write_report(outcomes)
     results = report["results"]

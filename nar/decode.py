@@ -35,8 +35,9 @@ from .conditions import ClassCondition, Condition, TextCondition, as_condition, 
 from .config import SamplingConfig
 from .devices import wait_for_stream
 from .model import Transformer, may_attend
-from .sampling import cfg_combine, sample
+from .sampling import cfg_combine, noise_table, sample
 from .schedules import Schedule, stand_in_position
+from .threads import decode_threads, running_on, threads_for_rows
 
 PREFIX_TOKEN = -1  # token_src value meaning "a condition prefix token"
 
@@ -219,6 +220,7 @@ class DecodeState:
     seeds: torch.Tensor            # [B] one sampling seed per image
     grid: torch.Tensor             # [B, T*n*n] tokens so far, -1 where not decoded yet
     caches: list
+    noise: Optional[torch.Tensor] = None   # [B, T*n*n, V] this decode's Gumbel noise (CPU), drawn at step 0
 
     @property
     def rows(self) -> int:
@@ -302,8 +304,10 @@ def run_step(model: Transformer, state: DecodeState, t: int, sp: StepPlan, sampl
         logits = logits + model.logits_frame(feats.frame[:, sp.frame_idx]) * sp.frame_w[:, None]
     if state.rows > state.batch:
         logits = cfg_combine(logits, sampling.cfg_scale) if guided else logits[:state.batch]
+    if t == 0:   # from the seeds of this decode (a reused state gets new ones)
+        state.noise = noise_table(state.seeds, state.grid.shape[1], logits.shape[-1])
     drawn = sample(logits, state.seeds, sp.targets, sampling.temperature, sampling.top_k, sampling.top_p,
-                   with_probability=with_probability)
+                   with_probability=with_probability, table=state.noise)
     tokens = drawn[0] if with_probability else drawn
     state.grid[:, sp.targets] = tokens
     return (tokens, logits, drawn[1]) if with_probability else (tokens, logits)
@@ -327,9 +331,11 @@ def decode_steps(model: Transformer, schedule: Schedule, condition: Condition | 
     plan = plan_for(model, schedule)
     state = new_state(model, plan, condition, sampling)
     guided, busy = guidance(plan, sampling), 0.0
+    budget = decode_threads() if device.type == "cpu" else None   # CPU threads: nar/threads.py
     for t, sp in enumerate(plan.steps):
         started = time.perf_counter()
-        out = run_step(model, state, t, sp, sampling, guided[t], with_probability=record_confidence)
+        with running_on(budget and threads_for_rows(budget, state.labels.shape[0] * len(sp.slots))):
+            out = run_step(model, state, t, sp, sampling, guided[t], with_probability=record_confidence)
         tokens, logits = out[0], out[1]
         if sync:
             wait_for_stream(device)  # this request's stream only, not the whole device

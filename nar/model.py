@@ -42,6 +42,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:   # one fused op, bit for bit the formula below (tests/test_model.py)
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         xf = x.float()
         out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return out.type_as(x) * self.weight
@@ -62,7 +64,8 @@ class FeedForward(nn.Module):
         self.ffn_dropout = nn.Dropout(cfg.ffn_dropout_p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+        out = self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.ffn_dropout(out) if self.training else out   # a decode step skips the no-op call
 
 
 class KVCache:
@@ -80,6 +83,15 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_len: int):
+        if slots.device.type == "cpu":
+            # the decoder's slots are consecutive (nar/decode.py): a plain slice copy is a few
+            # times cheaper than index_copy_ on a CPU (a GPU keeps index_copy_: no host read)
+            at = slots.tolist()
+            start, stop = at[0], at[0] + len(at)
+            if at == list(range(start, stop)):
+                self.k[:, :, start:stop].copy_(k)
+                self.v[:, :, start:stop].copy_(v)
+                return self.k[:, :, :key_len], self.v[:, :, :key_len]
         self.k.index_copy_(2, slots, k)
         self.v.index_copy_(2, slots, v)
         return self.k[:, :, :key_len], self.v[:, :, :key_len]
@@ -103,9 +115,10 @@ class Attention(nn.Module):
                 key_len: Optional[int] = None):
         bsz, seqlen, _ = x.shape
         kv_dim = self.n_kv_head * self.head_dim
-        q, k, v = self.wqkv(x).split([self.dim, kv_dim, kv_dim], dim=-1)
-        q = apply_rope(q.view(bsz, seqlen, self.n_head, self.head_dim), rope).transpose(1, 2)
-        k = apply_rope(k.view(bsz, seqlen, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
+        qk, v = self.wqkv(x).split([self.dim + kv_dim, kv_dim], dim=-1)
+        # queries and keys rotated together: one RoPE instead of two
+        qk = apply_rope(qk.view(bsz, seqlen, self.n_head + self.n_kv_head, self.head_dim), rope)
+        q, k = (t.transpose(1, 2) for t in qk.split([self.n_head, self.n_kv_head], dim=2))
         v = v.view(bsz, seqlen, self.n_kv_head, self.head_dim).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(slots, k, v, key_len)
@@ -114,8 +127,8 @@ class Attention(nn.Module):
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout_p if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(bsz, seqlen, self.dim)
-        return self.resid_dropout(self.wo(out))
+        out = self.wo(out.transpose(1, 2).reshape(bsz, seqlen, self.dim))
+        return self.resid_dropout(out) if self.training else out
 
 
 class TransformerBlock(nn.Module):
@@ -252,8 +265,8 @@ class Transformer(nn.Module):
         (None: every key); keys are the T inputs themselves, or with caches, cache slots
         [0, key_len) after writing the inputs at `slots`.
         """
-        rope = self.rope[seq_pos]
-        h = self.tok_dropout(x)
+        rope = rope_factors(self.rope[seq_pos])   # once per forward, not per layer
+        h = self.tok_dropout(x) if self.training else x
         cfg = self.config
         taps = {}  # hidden states after the last block of each head's stack
         for i, layer in enumerate(self.layers):
@@ -440,10 +453,20 @@ def rope_table(shape: tuple[int, int, int], head_dim: int, base: float = 10000.0
     return torch.cat([torch.zeros(prefix_len, half, 2), table])
 
 
+def rope_factors(rope: torch.Tensor) -> torch.Tensor:
+    """Table rows [T, D/2, 2] (cos, sin) -> [2, 1, T, 1, D]: each element's cos, and its sin with
+    the sign of its place in the pair (-sin for x0, +sin for x1), for `apply_rope`."""
+    cos, sin = rope.unbind(-1)
+    factors = torch.stack([torch.stack([cos, cos], dim=-1), torch.stack([-sin, sin], dim=-1)])
+    return factors.flatten(-2)[:, None, :, None, :]
+
+
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """x [B, T, H, D], rope [T, D/2, 2]: rotate adjacent pairs (x0, x1) by each angle."""
-    xs = x.float().reshape(*x.shape[:-1], -1, 2)
-    r = rope.view(1, xs.shape[1], 1, xs.shape[3], 2)
-    out = torch.stack([xs[..., 0] * r[..., 0] - xs[..., 1] * r[..., 1],
-                       xs[..., 1] * r[..., 0] + xs[..., 0] * r[..., 1]], dim=-1)
-    return out.flatten(3).type_as(x)
+    """x [B, T, H, D], rope [T, D/2, 2] table rows or their `rope_factors`: rotate adjacent pairs
+    (x0, x1) by each angle, to (x0 cos - x1 sin, x1 cos + x0 sin). As x * cos + swapped(x) * signed
+    sin that is three element-wise ops, bit for bit the pairwise formula (no product is fused)."""
+    if rope.dim() == 3:
+        rope = rope_factors(rope)
+    xf = x.float()
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)     # (x1, x0) in every pair
+    return (xf * rope[0] + swapped * rope[1]).type_as(x)

@@ -11,6 +11,8 @@ in 41 of 256 tokens, 0 in fp32); expect the same on GPUs.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 _MASK32 = 0xFFFFFFFF
@@ -56,16 +58,41 @@ def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab: int) -> t
     return (bits.double() + 0.5) / 2 ** 32
 
 
+def gumbel_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Gumbel noise -log(-log(u)) [B, Q, vocab] in float64 for these seeds and grid positions."""
+    return -torch.log(-torch.log(uniform_noise(seeds, positions, vocab)))
+
+
+# The Gumbel noise of a whole decode is drawn at its first step when it is at most this big
+# (a 16 x 16 grid over 1024 codes: 2 MiB per image), so a step only gathers its front's rows.
+NOISE_TABLE_MAX_BYTES = 64 << 20
+
+
+def noise_table(seeds: torch.Tensor, num_positions: int, vocab: int) -> Optional[torch.Tensor]:
+    """[B, num_positions, vocab] Gumbel noise of every grid position, or None where it is too
+    big or not on a CPU (a GPU computes each front's noise inside its CUDA graph instead). The
+    noise is element-wise in (seed, position, code), so a table row is bit for bit what
+    gumbel_noise gives that position alone."""
+    if seeds.device.type != "cpu" or seeds.numel() * num_positions * vocab * 8 > NOISE_TABLE_MAX_BYTES:
+        return None
+    return gumbel_noise(seeds, torch.arange(num_positions, device=seeds.device), vocab)
+
+
 def sample(logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor,
-           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, with_probability: bool = False):
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, with_probability: bool = False,
+           table: Optional[torch.Tensor] = None):
     """Draw one token per position from softmax(logits / temperature) after filtering.
 
     logits [B, Q, V]; seeds [B] (one per image); positions [Q] grid positions (raster index).
+    table: these seeds' `noise_table`, if there is one (the same draw, fewer small operations).
     With `with_probability`, returns (tokens, probability of each drawn token [B, Q]) instead:
     how sure the model was (the distribution it was drawn from, so it does not change the draw).
     """
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    gumbel = -torch.log(-torch.log(uniform_noise(seeds, positions, logits.shape[-1])))
+    logits = logits.float()
+    if temperature != 1.0:   # x / 1.0 is x: skip the copy
+        logits = logits / temperature
+    logits = filter_logits(logits, top_k, top_p)
+    gumbel = table[:, positions] if table is not None else gumbel_noise(seeds, positions, logits.shape[-1])
     tokens = (logits.double() + gumbel).argmax(dim=-1)
     if not with_probability:
         return tokens

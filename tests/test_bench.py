@@ -170,3 +170,34 @@ def test_bench_writes_results_as_it_goes_and_not_into_benchmarks(tiny_checkpoint
     assert all(r["cuda_graphs"] is False for r in final["results"])
     parser_default = bench.ROOT / "runs" / "bench"
     assert "benchmarks" not in str(parser_default)
+
+
+def test_busy_neighbour_runs_beside_the_timing_and_is_stopped(tiny_checkpoints, tmp_path, monkeypatch):
+    import nar.bench as bench
+    import nar.threads as threads
+    folder = Path(tiny_checkpoints["nar"]).parent
+    started = []
+    real_start, real_timing = bench.start_busy_neighbour, bench.time_interleaved
+
+    def spy_start():
+        started.append(real_start())
+        return started[-1]
+
+    def timing_while_busy(*args, **kwargs):
+        assert started and started[0].poll() is None     # the neighbour runs while cases are timed
+        return real_timing(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "start_busy_neighbour", spy_start)
+    monkeypatch.setattr(bench, "time_interleaved", timing_while_busy)
+    monkeypatch.setattr(threads, "POLICY", threads.ThreadPolicy())
+    threads_before = torch.get_num_threads()
+    try:
+        bench.main(["--quick", "--busy-neighbour", "--fixed-threads", "--threads", "1", "--checkpoints", str(folder),
+                    "--out-dir", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads_before)
+    assert len(started) == 1 and started[0].poll() is not None   # stopped when the timing ended
+    report = json.loads((tmp_path / "cpu-1threads-quick-busy-fixed.json").read_text())
+    assert report["busy_neighbour"] is True and report["complete"]
+    assert report["threads"] == {"torch_threads": 1, "policy": {"adaptive": False, "min_rows_per_thread": 8}}
+    assert len(report["load_average_start"]) == 3 and len(report["results"]) == 4

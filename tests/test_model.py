@@ -61,3 +61,33 @@ def test_a_prediction_never_sees_its_own_or_a_later_token(make_model):
             unaffected = plane_index((1, 4, 4)) <= plane_index((1, 4, 4))[p]
         assert not differs[unaffected].any(), (kind, differs)
         assert differs[~unaffected].any(), kind                # and it is used after that
+
+
+def pairwise_rope(x, rope):
+    """RoPE as first written: every pair (x0, x1) rotated by its (cos, sin), in fp32."""
+    xs = x.float().reshape(*x.shape[:-1], -1, 2)
+    r = rope.view(1, xs.shape[1], 1, xs.shape[3], 2)
+    out = torch.stack([xs[..., 0] * r[..., 0] - xs[..., 1] * r[..., 1],
+                       xs[..., 1] * r[..., 0] + xs[..., 0] * r[..., 1]], dim=-1)
+    return out.flatten(3).type_as(x)
+
+
+def test_fast_rope_and_rms_norm_are_bit_for_bit_the_written_out_formulas():
+    import pytest
+    from nar.model import RMSNorm, apply_rope, rope_factors, rope_table
+    torch.manual_seed(0)
+    table = rope_table((1, 4, 4), head_dim=16)[torch.tensor([0, 3, 7, 16, 5])]   # the class row too
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        x = (torch.randn(3, 5, 6, 16) * 4).to(dtype)
+        rope = table.to(dtype)
+        expected = pairwise_rope(x, rope)
+        assert torch.equal(apply_rope(x, rope), expected)
+        assert torch.equal(apply_rope(x, rope_factors(rope)), expected)
+    norm = RMSNorm(64, eps=1e-5)
+    torch.nn.init.normal_(norm.weight)
+    for shape in [(2, 1, 64), (2, 16, 64), (5, 33, 64)]:
+        x = torch.randn(shape) * 3
+        written = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+        assert torch.equal(norm(x), written)
+    with pytest.raises(AssertionError):   # the comparison can fail: another eps is another result
+        assert torch.equal(RMSNorm(64, eps=1e-2)(x), x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))

@@ -68,3 +68,21 @@ def test_sampling_draws_only_from_the_filtered_set():
     tokens = sample(logits, torch.tensor([0, 1]), torch.arange(64), top_k=3)
     top3 = logits.topk(3, dim=-1).indices
     assert (tokens[..., None] == top3).any(-1).all()
+
+
+@pytest.mark.parametrize("vocab", [1024, 37])
+def test_a_decode_wide_noise_table_draws_exactly_the_per_front_noise(vocab, monkeypatch):
+    import nar.sampling as sampling
+    from nar.sampling import gumbel_noise, noise_table
+    torch.manual_seed(2)
+    seeds = torch.tensor([5, 6, 2 ** 40 + 3])
+    table = noise_table(seeds, 64, vocab)
+    assert table.shape == (3, 64, vocab) and table.dtype == torch.float64
+    for front in (torch.tensor([0]), torch.tensor([9, 16, 23, 30]), torch.arange(40, 64)):
+        assert torch.equal(table[:, front], gumbel_noise(seeds, front, vocab))
+        logits = torch.randn(3, len(front), vocab) * 3
+        for kwargs in (dict(), dict(temperature=0.7, top_k=5), dict(top_p=0.8)):
+            assert torch.equal(sample(logits, seeds, front, table=table, **kwargs), sample(logits, seeds, front, **kwargs))
+    assert not torch.equal(noise_table(seeds + 1, 64, vocab), table)
+    monkeypatch.setattr(sampling, "NOISE_TABLE_MAX_BYTES", 3 * 64 * vocab * 8 - 1)   # one byte short: no table
+    assert noise_table(seeds, 64, vocab) is None
