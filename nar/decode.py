@@ -334,7 +334,7 @@ def decode_steps(model: Transformer, schedule: Schedule, condition: Condition | 
     budget = decode_threads() if device.type == "cpu" else None   # CPU threads: nar/threads.py
     for t, sp in enumerate(plan.steps):
         started = time.perf_counter()
-        with running_on(budget and threads_for_rows(budget, state.labels.shape[0] * len(sp.slots))):
+        with running_on(budget and threads_for_rows(budget, state.rows * len(sp.slots))):
             out = run_step(model, state, t, sp, sampling, guided[t], with_probability=record_confidence)
         tokens, logits = out[0], out[1]
         if sync:

@@ -39,7 +39,7 @@ def test_each_step_runs_on_the_policy_count_and_the_callers_count_is_kept(make_m
     real = nar.decode.run_step
 
     def spy(model, state, t, sp, *args, **kwargs):
-        seen.append((state.labels.shape[0] * len(sp.slots), torch.get_num_threads()))
+        seen.append((state.rows * len(sp.slots), torch.get_num_threads()))
         return real(model, state, t, sp, *args, **kwargs)
 
     monkeypatch.setattr(nar.decode, "run_step", spy)
