@@ -19,6 +19,8 @@ import torch
 
 VIEW_SHARE = 0.08           # at most this share of the time goes to drawing and sending frames
 MIN_FRAME_GAP = 0.05        # and never more than 20 frames a second
+HOLD_BACK = 0.5             # no frame before the decoder has run this long: on a busy machine one draw is a
+                            # large share of a short decode, so a decode this short shows its images at once
 ANIMATION_STEPS = 64        # animation files: at most this many evenly spaced steps, plus the last
 
 
@@ -164,19 +166,28 @@ class LiveDecode:
             raise self.error
 
 
-def sample_view(decode: LiveDecode, render: Callable[[], object], clock: Callable[[], float] = time.perf_counter,
-                share: float = VIEW_SHARE, min_gap: float = MIN_FRAME_GAP) -> Iterator[object]:
-    """Frames of the newest step while `decode` runs. A frame is drawn only after the previous one
-    has gone out (the consumer asked for the next), so none ever queue; after each, the view
-    waits until drawing and sending it are at most `share` of the time passed."""
-    seen = 0
+def sample_view(decode: LiveDecode, render: Callable[[int], object], clock: Callable[[], float] = time.perf_counter,
+                share: float = VIEW_SHARE, min_gap: float = MIN_FRAME_GAP,
+                hold_back: float = HOLD_BACK) -> Iterator[object]:
+    """Frames while `decode` runs; `render(k)` draws its k-th kept step (1-based). None before the
+    decode has run `hold_back` seconds, then the newest step, drawn only after the previous frame
+    has gone out (the consumer asked for the next), so none ever queue; after each, the view waits
+    until drawing and sending it are at most `share` of the time passed. A decode that ends before
+    any frame was drawn (and was not stopped) shows one frame of its middle step, drawn after it:
+    the front is seen once, and the decoder never shared the CPU with the view."""
+    if hold_back > 0:
+        decode.pause(hold_back)             # wakes at once if the decode ends first
+    seen = shown = 0
     while True:
         seen = decode.wait(seen)
         if decode.finished:
+            if not shown and decode.version >= 2 and not decode.stopping:
+                yield render(decode.version // 2)
             return
         started = clock()
-        frame = render()
+        frame = render(seen)
         yield frame
+        shown += 1
         busy = clock() - started            # drawing, and the consumer sending it out
         if decode.finished:
             return

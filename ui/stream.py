@@ -172,8 +172,7 @@ def generate_stream(studio: Studio, files: JobFiles, request: GenerateRequest, r
                                             record_confidence=True), kept.keep).start()
     started(decode)
 
-    def render():
-        step = kept.done
+    def render(step: int):
         run.step = step
         return step, tile(studio.frames(kept.record_at(step), scale=scale), columns)
 
