@@ -87,7 +87,9 @@ def build(ctx: Context) -> SimpleNamespace:
         with gr.Row():
             t.examples = [gr.Button(f"{e['class']} · seed {e['seed']} · {e['order']}", size="sm",
                                     elem_classes="example") for e in EXAMPLES if e["class"] in classes]
-        t.history = gr.Gallery(label="This session's results (pick one)", columns=6, height=170, allow_preview=False,
+        t.history = gr.Gallery(label="This session's results (pick one)", columns=6, height=200, allow_preview=False,
+                               fit_columns=False,    # (Gradio's default: one column per result, so one
+                                                     # result filled the whole width, blurred)
                                object_fit="contain", elem_id="history-gallery", format="png")
         with gr.Row():
             t.restore = gr.Button("Restore its parameters", size="sm", elem_id="restore")
