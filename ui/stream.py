@@ -177,7 +177,7 @@ def generate_stream(studio: Studio, files: JobFiles, request: GenerateRequest, r
         return step, tile(studio.frames(kept.record_at(step), scale=scale), columns)
 
     try:
-        for step, frame in sample_view(decode, render):
+        for step, frame in sample_view(decode, render, images=len(class_ids)):
             if step < num_steps:
                 yield GenerateUpdate(frame, step, num_steps, kept.elapsed[step - 1],
                                      step_caption(order, step, num_steps, kept.elapsed[step - 1]))
