@@ -82,6 +82,7 @@ def build_app(service: Service, benchmarks: Path, concurrency: int, training: Tr
     tabs = {"generate": tab_generate, "compare": tab_compare, "model": tab_model, "train": tab_train}
     titles = {"generate": "Generate", "compare": "Compare", "model": "Model", "train": "Train"}
     with Blocks(title="NAR Studio", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        ctx.blocks = demo
         gr.Markdown("# NAR Studio", elem_id="title")
         ctx.tabs["header"] = gr.Markdown(ctx.device_line(), elem_id="header")
         with gr.Tabs() as ctx.tab_bar:

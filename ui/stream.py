@@ -136,6 +136,9 @@ def stop_caption(order: str, step: int, num_steps: int, elapsed: float) -> str:
     return f"{ORDER_LABELS.get(order, order)} · stopped at step {step}/{num_steps} - {elapsed:.2f} s"
 
 
+WAITED_CAPTION = "stopped before it began: Stop was pressed while it waited in the queue"
+
+
 def animation_frames(studio: Studio, kept: KeptSteps, final_images: np.ndarray, columns: int,
                      scale: int) -> list[np.ndarray]:
     """The animation: at most ANIMATION_STEPS evenly spaced steps and the last, each drawn from

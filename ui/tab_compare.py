@@ -16,7 +16,7 @@ from .context import Context, session
 from .inputs import PROBLEMS, ClassBox, Number, Slider, fail
 from .race import COMPARE_HEADERS, COMPARE_ORDERS
 from .requests import MAX_FRAME_SECONDS
-from .stream import ORDER_LABELS, random_seed
+from .stream import ORDER_LABELS, WAITED_CAPTION, random_seed
 from .zerogpu import gpu
 
 MEASURE = "This device (press Measure)"
@@ -87,6 +87,9 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
     def compare(class_name, seed: int, window: int, cfg_scale, replay_seconds_per_frame,
                 request: gr.Request = None):
         key = session(request)      # the visitor's models (ui/sessions.py)
+        if service.stopped_while_waiting(key):
+            yield (*[gr.skip()] * len(COMPARE_ORDERS), *[WAITED_CAPTION] * len(COMPARE_ORDERS), gr.skip(), gr.skip())
+            return
         try:
             checked = service.request(COMPARE_ORDERS, session=key, class_name=class_name, seed=seed, window=window,
                                       cfg_scale=cfg_scale)
@@ -141,7 +144,7 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
                         "returns the final images, captions and a table of steps, seconds and images/s.",
         show_progress="minimal", **ctx.heavy)
     def stop(request: gr.Request = None) -> str:
-        return service.stop(session(request))
+        return service.stop(session(request), ctx.waiting(request))
 
     t.stop.click(stop, None, t.stop_note,
                  api_name="stop_compare", api_description="Stop this client's race; it ends with each decoder's "
