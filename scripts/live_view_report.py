@@ -91,6 +91,10 @@ class ViewOff:
 
     def __init__(self, root: Path):
         sys.path.insert(0, str(root))
+        # the server's allocator settings (app.py), so that the view is the only difference: its
+        # fixed mmap threshold alone costs a decode with large logits many page faults
+        from ui.server import tune_allocator
+        tune_allocator()
         from nar.config import SamplingConfig
         from nar.pipeline import Studio
         self.sampling = SamplingConfig
