@@ -5,7 +5,11 @@ when the wall time cannot.
 
     python scripts/live_view_cpu.py nar:1,nar:8,zipar:1,raster:1 3
 """
-import sys, time, threading, statistics, resource, os
+import os
+import statistics
+import sys
+import threading
+import time
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from ui.server import tune_allocator; tune_allocator()
@@ -17,7 +21,7 @@ from ui.live import LiveDecode
 last = {}
 class Measured(LiveDecode):
     def _run(self):
-        c0, w0 = time.thread_time(), time.perf_counter()
+        c0 = time.thread_time()
         try: super()._run()
         finally: last.update(cpu=time.thread_time() - c0)
 stream.LiveDecode = Measured
