@@ -91,6 +91,10 @@ class ViewOff:
 
     def __init__(self, root: Path):
         sys.path.insert(0, str(root))
+        # the server's allocator settings (app.py), so that the view is the only difference: its
+        # fixed mmap threshold alone costs a decode with large logits many page faults
+        from ui.server import tune_allocator
+        tune_allocator()
         from nar.config import SamplingConfig
         from nar.pipeline import Studio
         self.sampling = SamplingConfig
@@ -134,14 +138,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--label", default="")
+    p.add_argument("--cases", default=None, help="only these, e.g. nar:1,nar:8,zipar:1 (default: all six)")
+    p.add_argument("--race", action=argparse.BooleanOptionalAction, default=True, help="measure the Compare race")
     args = p.parse_args()
+    cases = CASES if not args.cases else [(o, int(n)) for o, n in (c.split(":") for c in args.cases.split(","))]
     from gradio_client import Client
     view_off = ViewOff(args.root)
     proc, url = start_app(args.root)
     try:
         client = Client(url, verbose=False)
         rows = []
-        for order, n in CASES:
+        for order, n in cases:
             runs = []
             for r in range(args.repeats):
                 run = streamed(client, order, n, seed=r)
@@ -151,10 +158,11 @@ def main() -> None:
             rows.append({"order": order, "images": n,
                          **{k: median(runs, k) for k in ("decode_view_off", "decode_view_on", "submit_to_images",
                                                          "submit_to_files")}})
-        races = [race(client, seed=r) for r in range(args.repeats)]
-        summary = {"label": args.label, "rows": rows, "race_wall": median(races, "race_wall"),
-                   "race_decodes": median(races, "race_decodes"), "repeats": args.repeats,
-                   "cpu_threads": os.cpu_count()}
+        races = [race(client, seed=r) for r in range(args.repeats)] if args.race else []
+        summary = {"label": args.label, "rows": rows, "repeats": args.repeats, "cpu_threads": os.cpu_count(),
+                   "load_average": os.getloadavg()}
+        if races:
+            summary.update(race_wall=median(races, "race_wall"), race_decodes=median(races, "race_decodes"))
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -163,7 +171,9 @@ def main() -> None:
     for r in rows:
         print(f"| {r['order']} | {r['images']} | {r['decode_view_off']} | {r['decode_view_on']} | "
               f"{r['submit_to_images']} | {r['submit_to_files']} |")
-    print(f"race: {summary['race_wall']} s wall for {summary['race_decodes']} s of decoding")
+    if races:
+        print(f"race: {summary['race_wall']} s wall for {summary['race_decodes']} s of decoding")
+    print(f"load average at the end: {summary['load_average']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=1))

@@ -402,3 +402,40 @@ def test_frames_arrive_while_decoding_and_stop_through_the_client(app_url):
     final = job.result(timeout=60)
     assert time.monotonic() - stopped_at < 8 and final[2] and "done: 16 steps" in final[1]
     assert client.predict(api_name="/stop_generate") == "nothing is decoding in this session"
+
+
+def test_stop_while_queued_ends_the_waiting_request_as_it_begins(app_url):
+    from gradio_client import Client
+    from gradio_client.utils import Status
+    other, me = Client(app_url, verbose=False), Client(app_url, verbose=False)   # two sessions
+    running = generate(other, seed=1, pace=0.4)          # holds the one device slot for at least 2.4 s
+    deadline = time.monotonic() + 60
+    while not running.outputs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    mine = generate(me, seed=2)
+    while mine.status().code != Status.IN_QUEUE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running.done() and mine.status().code == Status.IN_QUEUE
+    assert me.predict(api_name="/stop_generate") == "1 waiting request will not run"
+    assert "stopped before it began" in mine.result(timeout=120)[1]
+    assert "done: 7 steps" in running.result(timeout=120)[1]     # the other session's decode is untouched
+    assert "done: 7 steps" in generate(me, seed=2).result(timeout=120)[1]   # the next one runs
+
+
+def test_scrub_any_step_and_load_endpoints_without_page_state(client):
+    """/show_step takes any step of the client's last decode (its maximum is the models' most
+    steps, not the page's initial 2); /model_info and /train_use take only what a caller has."""
+    assert "done: 16 steps" in generate(client, order="raster", seed=6).result(timeout=120)[1]
+    image, caption = client.predict(12, False, api_name="/show_step")
+    assert "step 12/16" in caption and iio.imread(image).shape[0] >= 16
+    assert "probability" in client.predict(12, True, api_name="/show_step")[1]
+    with pytest.raises(Exception, match="greater than maximum"):
+        client.predict(17, False, api_name="/show_step")
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert all(p["parameter_has_default"] for p in api["/model_info"]["parameters"])
+    table, classes = client.predict(api_name="/model_info")[:2]
+    assert "NAR model" in json.dumps(table) and "Classes (3):** cat, dog, sun" in classes
+    required = [p["parameter_name"] for p in api["/train_use"]["parameters"] if not p["parameter_has_default"]]
+    assert required == ["run_id"], required
+    with pytest.raises(Exception, match="is not a run id"):
+        client.predict("../x", api_name="/train_use")

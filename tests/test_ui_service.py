@@ -67,6 +67,14 @@ def test_results_scrubbing_and_stop_belong_to_their_session(service):
     assert time.perf_counter() - started < 2.5
 
 
+def test_stop_ends_waiting_requests_as_they_begin_once_each(service):
+    assert service.stop("a", waiting=2) == "2 waiting requests will not run"
+    assert not service.stopped_while_waiting("b")            # another session's requests run
+    assert [service.stopped_while_waiting("a") for _ in range(3)] == [True, True, False]
+    assert service.stop("a") == "nothing is decoding in this session"
+    assert not service.stopped_while_waiting("a")
+
+
 def test_gallery_labels_say_what_a_seed_reproduces():
     import torch
     from ui.stream import seed_label

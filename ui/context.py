@@ -33,6 +33,7 @@ class Context:
     tabs: dict = field(default_factory=dict)     # tab name -> its components (a namespace)
     lock_models: bool = False                    # the Model and Train tabs are off for visitors
     tab_bar: object = None                       # the gr.Tabs (a tab's button may switch to another)
+    blocks: object = None                        # the gr.Blocks (its queue says who waits)
 
     @property
     def heavy(self) -> dict:
@@ -48,6 +49,17 @@ class Context:
 
     def models_for(self, request: Optional[gr.Request]):
         return self.service.models_for(session(request))
+
+    def waiting(self, request: Optional[gr.Request], api_names=("generate", "compare")) -> int:
+        """How many of the request's session's calls of these endpoints wait in Gradio's queue now
+        (read, never changed; 0 where the queue cannot be read)."""
+        key = session(request)
+        try:
+            queues = self.blocks._queue.event_queue_per_concurrency_id.values()
+            return sum(1 for q in queues for event in list(q.queue)
+                       if key and event.session_hash == key and getattr(event.fn, "api_name", None) in api_names)
+        except AttributeError:
+            return 0
 
     def check_unlocked(self) -> None:
         if self.lock_models:

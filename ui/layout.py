@@ -12,13 +12,19 @@ from .service import Service
 from .training import TrainingService
 
 CSS = """
-.gradio-container { max-width: 1280px !important; margin: 0 auto !important; }
-#live img, .panel img, #final-gallery img, #video-live img, #video-gif img { image-rendering: pixelated; }
+/* never wider than the screen: Gradio's container is a flex item that otherwise grows to its
+   content's widest line (this rule is top-level: Gradio keeps those as written) */
+.gradio-container { max-width: min(1280px, 100vw) !important; min-width: 0 !important; margin: 0 auto !important; }
+#live img, .panel img, #final-gallery img, #history-gallery img, #video-live img, #video-gif img { image-rendering: pixelated; }
 #live img, .panel img { width: 100%; height: 100%; object-fit: contain; }
 .caption { font-variant-numeric: tabular-nums; min-height: 1.6em; }
 .caption p { margin: 0.25em 0 !important; }
 #header p { margin-top: 0 !important; color: var(--body-text-color-subdued); }
 #seed-row, #cmp-seed-row, #video-seed-row { align-items: end; }
+/* the history: a grid of small thumbnails, as many a row as fit (Gradio sizes columns to fill) */
+#history-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)) !important;
+  grid-auto-rows: 96px !important; }
+#history-gallery .grid-container, #final-gallery .grid-container { padding-top: 34px !important; }  /* below the label */
 #train-preview img, #scan-thumbs img { image-rendering: pixelated; }
 #train-preview img { width: 100%; height: 100%; object-fit: contain; }
 .hint p { margin: 0 !important; font-size: var(--text-sm); color: var(--body-text-color-subdued); }
@@ -43,7 +49,10 @@ CSS = """
 img { max-width: 100%; }
 .file-name, .file-preview td { overflow-wrap: anywhere; white-space: normal; }
 @media (max-width: 640px) {
-  .row { flex-wrap: wrap !important; }
+  /* the four tab names fit on one line (else Gradio folds the last ones into a "..." menu) */
+  .tab-wrapper button, .tab-container button { padding-left: 8px !important; padding-right: 8px !important; }
+  .row, .form { flex-wrap: wrap !important; }
+  .form > * { min-width: min(150px, 100%) !important; }
   .row > * { min-width: 0 !important; flex: 1 1 100% !important; max-width: 100%; }
   .column > *, .block, .form { max-width: 100%; }
   .gallery, .grid-wrap { max-width: 100%; overflow-x: auto; }
@@ -74,6 +83,7 @@ def build_app(service: Service, benchmarks: Path, concurrency: int, training: Tr
             "train": tab_train}
     titles = {"generate": "Generate", "compare": "Compare", "video": "Video", "model": "Model", "train": "Train"}
     with Blocks(title="NAR Studio", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        ctx.blocks = demo
         gr.Markdown("# NAR Studio", elem_id="title")
         ctx.tabs["header"] = gr.Markdown(ctx.device_line(), elem_id="header")
         with gr.Tabs() as ctx.tab_bar:

@@ -19,6 +19,8 @@ import torch
 
 VIEW_SHARE = 0.08           # at most this share of the time goes to drawing and sending frames
 MIN_FRAME_GAP = 0.05        # and never more than 20 frames a second
+HOLD_BACK = 0.5             # no frame before the decoder has run this long: on a busy machine one draw is a
+                            # large share of a short decode, so a decode this short shows its images at once
 ANIMATION_STEPS = 64        # animation files: at most this many evenly spaced steps, plus the last
 
 
@@ -164,26 +166,58 @@ class LiveDecode:
             raise self.error
 
 
-def sample_view(decode: LiveDecode, render: Callable[[], object], clock: Callable[[], float] = time.perf_counter,
-                share: float = VIEW_SHARE, min_gap: float = MIN_FRAME_GAP) -> Iterator[object]:
-    """Frames of the newest step while `decode` runs. A frame is drawn only after the previous one
-    has gone out (the consumer asked for the next), so none ever queue; after each, the view
-    waits until drawing and sending it are at most `share` of the time passed."""
-    seen = 0
+class FrameCosts:
+    """What drawing and sending one live frame took the last time, by the frames' kind (the batch
+    size): a view's first frame waits until that cost is at most its share of the decode so far.
+    Before any frame of a kind was drawn, `default_per_image` seconds an image is assumed."""
+
+    def __init__(self, default_per_image: float = 0.015):
+        self.default_per_image = default_per_image
+        self._last: dict = {}
+
+    def estimate(self, images: int) -> float:
+        return self._last.get(images, self.default_per_image * images)
+
+    def record(self, images: int, seconds: float) -> None:
+        self._last[images] = seconds
+
+
+FRAME_COSTS = FrameCosts()      # shared by every view of this server
+
+
+def sample_view(decode: LiveDecode, render: Callable[[int], object], clock: Callable[[], float] = time.perf_counter,
+                share: float = VIEW_SHARE, min_gap: float = MIN_FRAME_GAP, hold_back: float = HOLD_BACK,
+                images: int = 1, costs: Optional[FrameCosts] = FRAME_COSTS) -> Iterator[object]:
+    """Frames while `decode` runs; `render(k)` draws its k-th kept step (1-based), a picture of
+    `images` images. The first frame waits until the decode has run `hold_back` seconds and
+    drawing it (as `costs` last measured) is at most `share` of the time so far; then the newest
+    step is drawn, only after the previous frame has gone out (the consumer asked for the next),
+    so none ever queue, and after each the view waits until drawing and sending it are at most
+    `share` of the time passed. A decode that ends before any frame was drawn (and was not
+    stopped) shows one frame of its middle step, drawn after it: the front is seen once, and the
+    decoder never shared the CPU with the view."""
+    hold = max(hold_back, costs.estimate(images) / share if costs is not None else 0.0)
+    if hold > 0:
+        decode.pause(hold)                  # wakes at once if the decode ends first
+    seen = shown = 0
     while True:
         seen = decode.wait(seen)
-        if decode.finished:
+        glimpse = decode.finished
+        if glimpse and (shown or decode.version < 2 or decode.stopping):
             return
         started = clock()
-        frame = render()
+        frame = render(decode.version // 2 if glimpse else seen)
         yield frame
+        shown += 1
         busy = clock() - started            # drawing, and the consumer sending it out
+        if costs is not None:
+            costs.record(images, busy)
         if decode.finished:
             return
         decode.pause(max(min_gap, busy * (1.0 / share - 1.0)))
 
 
-def watch(decode: LiveDecode, render: Callable[[], object]) -> Iterator[object]:
+def watch(decode: LiveDecode, render: Callable[[int], object]) -> Iterator[object]:
     """sample_view's frames, then the decode joined; a consumer that goes away (a cancelled
     request, a client that left: the generator is closed) stops the decode at its next step."""
     try:

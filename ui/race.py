@@ -163,7 +163,7 @@ def compare_stream(studio: Studio, files: JobFiles, request: GenerateRequest, re
         return CompareUpdate(pictures, captions, frame.clock, elapsed=dict(frame.elapsed), steps=dict(frame.steps))
 
     try:
-        for update in sample_view(decode, lambda: draw(kept[-1])):
+        for update in sample_view(decode, lambda k: draw(kept[k - 1]), images=len(COMPARE_ORDERS)):
             yield update
     except GeneratorExit:
         decode.stop()

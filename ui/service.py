@@ -78,6 +78,7 @@ class Service:
         self.decodes = DecodeTracker()
         self.results = ResultStore()
         self._running: dict[str, list] = {}       # session -> its running decodes (what Stop stops)
+        self._stop_waiting: dict[str, int] = {}   # session -> its waiting requests Stop ended before they began
         self._running_lock = threading.Lock()
         self.video = video                        # the server's video models (shared, read-only) or None
         self.video_note = video_note or ("" if video is not None else NO_VIDEO)   # what the Video tab says
@@ -284,14 +285,34 @@ class Service:
             if not running:
                 self._running.pop(session, None)
 
-    def stop(self, session: Optional[str] = None) -> str:
-        """Stop the decodes `session` is running (each ends at its next step and shows where)."""
+    def stop(self, session: Optional[str] = None, waiting: int = 0) -> str:
+        """Stop the decodes `session` is running (each ends at its next step and shows where), and
+        the `waiting` requests it has in the queue (each ends as it begins: `stopped_while_waiting`)."""
         with self._running_lock:
             running = list(self._running.get(session, []))
+            if waiting > 0:
+                self._stop_waiting[session] = waiting
         for decode in running:
             decode.stop()
-        return f"stopping {len(running)} decode{'s' if len(running) != 1 else ''}" if running else \
-            "nothing is decoding in this session"
+        said = []
+        if running:
+            said.append(f"stopping {len(running)} decode{'s' if len(running) != 1 else ''}")
+        if waiting > 0:
+            said.append(f"{waiting} waiting request{'s' if waiting != 1 else ''} will not run")
+        return "; ".join(said) if said else "nothing is decoding in this session"
+
+    def stopped_while_waiting(self, session: Optional[str] = None) -> bool:
+        """Called as a request of `session` begins: True (once per request) when Stop was pressed
+        while it waited in the queue, so it ends at once instead of decoding."""
+        with self._running_lock:
+            left = self._stop_waiting.get(session, 0)
+            if left <= 0:
+                return False
+            if left == 1:
+                self._stop_waiting.pop(session)
+            else:
+                self._stop_waiting[session] = left - 1
+            return True
 
     def scrub(self, result_id: str, step, overlay: bool = False,
               session: Optional[str] = None) -> tuple[np.ndarray, str]:

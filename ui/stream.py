@@ -137,6 +137,9 @@ def stop_caption(order: str, step: int, num_steps: int, elapsed: float) -> str:
     return f"{ORDER_LABELS.get(order, order)} · stopped at step {step}/{num_steps} - {elapsed:.2f} s"
 
 
+WAITED_CAPTION = "stopped before it began: Stop was pressed while it waited in the queue"
+
+
 def animation_frames(studio: Studio, kept: KeptSteps, final_images: np.ndarray, columns: int,
                      scale: int) -> list[np.ndarray]:
     """The animation: at most ANIMATION_STEPS evenly spaced steps and the last, each drawn from
@@ -174,13 +177,12 @@ def generate_stream(studio: Studio, files: JobFiles, request: GenerateRequest, r
                                             record_confidence=True), kept.keep).start()
     started(decode)
 
-    def render():
-        step = kept.done
+    def render(step: int):
         run.step = step
         return step, tile(studio.frames(kept.record_at(step), scale=scale), columns)
 
     try:
-        for step, frame in sample_view(decode, render):
+        for step, frame in sample_view(decode, render, images=count):
             if step < num_steps:
                 yield GenerateUpdate(frame, step, num_steps, kept.elapsed[step - 1],
                                      step_caption(order, step, num_steps, kept.elapsed[step - 1]))

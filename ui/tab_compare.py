@@ -17,7 +17,7 @@ from .inputs import PROBLEMS, ClassBox, Number, Slider, fail
 from .prompts import prompt_box, subject
 from .race import COMPARE_HEADERS, COMPARE_ORDERS
 from .requests import MAX_FRAME_SECONDS
-from .stream import ORDER_LABELS, random_seed
+from .stream import ORDER_LABELS, WAITED_CAPTION, random_seed
 from .zerogpu import gpu
 
 MEASURE = "This device (press Measure)"
@@ -90,6 +90,9 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
     def compare(class_name, seed: int, window: int, cfg_scale, replay_seconds_per_frame, prompt: str = "",
                 request: gr.Request = None):
         key = session(request)      # the visitor's models (ui/sessions.py)
+        if service.stopped_while_waiting(key):
+            yield (*[gr.skip()] * len(COMPARE_ORDERS), *[WAITED_CAPTION] * len(COMPARE_ORDERS), gr.skip(), gr.skip())
+            return
         try:
             wanted = subject(service.models_for(key), class_name, prompt)   # a text model takes the prompt
             checked = service.request(COMPARE_ORDERS, session=key, class_name=wanted, seed=seed, window=window,
@@ -145,7 +148,7 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
                         "returns the final images, captions and a table of steps, seconds and images/s.",
         show_progress="minimal", **ctx.heavy)
     def stop(request: gr.Request = None) -> str:
-        return service.stop(session(request))
+        return service.stop(session(request), ctx.waiting(request))
 
     t.stop.click(stop, None, t.stop_note,
                  api_name="stop_compare", api_description="Stop this client's race; it ends with each decoder's "

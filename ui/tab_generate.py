@@ -17,7 +17,7 @@ from .live import ANIMATION_STEPS
 from .prompts import prompt_box, subject
 from .requests import MAX_FRAME_SECONDS
 from .results import share_query
-from .stream import random_seed
+from .stream import WAITED_CAPTION, random_seed
 
 
 def pick_index(evt: gr.SelectData):
@@ -61,7 +61,10 @@ def build(ctx: Context) -> SimpleNamespace:
                                     "full speed.", elem_id="gen-caption", elem_classes="caption",
                                     label="Caption")
             with gr.Row(elem_id="scrub-row"):
-                t.scrub = Slider(1, 2, value=1, step=1, precision=0, label="Step", interactive=False, scale=3,
+                # its maximum is the most steps a decode of these models takes (raster's n x n), so a
+                # client of the API can scrub any step; the page narrows it to each decode's steps
+                t.scrub = Slider(1, max(2, ctx.models.grid_size() ** 2), value=1, step=1, precision=0, label="Step",
+                                 interactive=False, scale=3,
                                  elem_id="scrub", info="after a decode: any kept step, drawn from its tokens (nothing decoded again)")
                 t.overlay = gr.Checkbox(False, label="Confidence overlay", scale=1, elem_id="overlay",
                                         info="probability of each sampled token: red low, green high")
@@ -82,7 +85,9 @@ def build(ctx: Context) -> SimpleNamespace:
         with gr.Row():
             t.examples = [gr.Button(f"{e['class']} · seed {e['seed']} · {e['order']}", size="sm",
                                     elem_classes="example") for e in EXAMPLES if e["class"] in classes]
-        t.history = gr.Gallery(label="This session's results (pick one)", columns=6, height=170, allow_preview=False,
+        t.history = gr.Gallery(label="This session's results (pick one)", columns=6, height=200, allow_preview=False,
+                               fit_columns=False,    # (Gradio's default: one column per result, so one
+                                                     # result filled the whole width, blurred)
                                object_fit="contain", elem_id="history-gallery", format="png")
         with gr.Row():
             t.restore = gr.Button("Restore its parameters", size="sm", elem_id="restore")
@@ -98,6 +103,9 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
                  temperature, top_k: int, top_p, replay_seconds_per_step, prompt: str = "",
                  request: gr.Request = None):
         key = session(request)      # the visitor's models (ui/sessions.py)
+        if service.stopped_while_waiting(key):
+            yield gr.skip(), WAITED_CAPTION, gr.skip(), gr.skip(), gr.skip(), None
+            return
         try:
             wanted = subject(service.models_for(key), class_name, prompt)   # a text model takes the prompt
             checked = service.request([order], session=key, class_name=wanted, num_images=num_images,
@@ -116,7 +124,7 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
             raise fail(e) from None
 
     def stop(request: gr.Request = None) -> str:
-        return service.stop(session(request))
+        return service.stop(session(request), ctx.waiting(request))
 
     def show_step(result_id, step: int, confidence_overlay: bool, request: gr.Request = None):
         try:
@@ -153,7 +161,8 @@ def wire(ctx: Context, t: SimpleNamespace) -> None:
                api_name="after_generate", api_visibility="undocumented", **ctx.light)
     t.stop.click(stop, None, t.stop_note, api_name="stop_generate",
                  api_description="Stop this client's running decode; it ends at its next step with the images "
-                                 "so far, the caption says where it stopped.", **ctx.light)
+                                 "so far, the caption says where it stopped. Its requests still waiting in the "
+                                 "queue end as they begin, without decoding.", **ctx.light)
     gr.on([t.scrub.input, t.overlay.input], show_step, inputs=[t.result, t.scrub, t.overlay],
           outputs=[t.live, t.caption], trigger_mode="always_last",
           api_name="show_step", api_description="The picture of the last result after a step, drawn from its "

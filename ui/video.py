@@ -127,8 +127,8 @@ def video_stream(studio: VideoStudio, files: JobFiles, request: GenerateRequest,
     decode = LiveDecode(studio.decode_steps(order, class_ids, sampling, window=request.window), kept.keep).start()
     started(decode)
 
-    def render():
-        step = run.step = kept.done
+    def render(step: int):       # the newest kept step the view sampler picked
+        run.step = step
         return step, clip_view(studio, view_at(kept, step), shape, scale)
 
     for step, frame in watch(decode, render):
@@ -190,7 +190,7 @@ def video_race_stream(studio: VideoStudio, request: GenerateRequest, max_frames:
         return CompareUpdate(pictures, race_captions(frame, num_steps, final and decode.stopping), frame.clock,
                              elapsed=dict(frame.elapsed), steps=dict(frame.steps))
 
-    yield from watch(decode, lambda: draw(kept[-1]))
+    yield from watch(decode, lambda k: draw(kept[k - 1]))
     if not kept:
         raise ValueError("the race was stopped before it started")
     last = kept[-1]
