@@ -108,7 +108,7 @@ def make_studio(args) -> Studio:
     device = pick_device(args.device)
     vq = load(args.vq, expect="vq", device=device, grid_size=args.grid_size)   # an official VQ file's grid
     kind = "nar" if args.order == "nar" else "raster"
-    text = bool(args.prompt)
+    text = bool(getattr(args, "prompt", None))   # nar.sample's arguments have no prompts
     if args.checkpoint:
         loaded = load(args.checkpoint, args.filename, expect=kind, device=device, grid_size=args.grid_size,
                       arch=parse_arch(args.arch))
@@ -141,7 +141,7 @@ def load_models(args) -> tuple[Studio, SamplingConfig, list[str]]:
     given = sampling_flags(args)
     SamplingConfig(seed=args.seed, **given).validate()
     notes = []
-    if args.preset and args.prompt:
+    if args.preset and getattr(args, "prompt", None):
         raise ValueError("the presets are class-to-image models; --prompt takes --checkpoint (or the bundled models)")
     if args.preset:
         models = preset_models(args)

@@ -122,13 +122,13 @@ def client_for(server: AppServer, **kwargs):
 
 
 GEN_DEFAULTS = dict(cls="dog", num=1, seed=0, order="nar", window=2, cfg=4.0, cfg_interval=-1, temperature=1.0,
-                    top_k=2000, top_p=1.0, pace=0.0)
+                    top_k=2000, top_p=1.0, pace=0.0, prompt="")
 
 
 def gen_args(**kw) -> list:
     p = {**GEN_DEFAULTS, **kw}
     return [p["cls"], p["num"], p["seed"], p["order"], p["window"], p["cfg"], p["cfg_interval"], p["temperature"],
-            p["top_k"], p["top_p"], p["pace"]]
+            p["top_k"], p["top_p"], p["pace"], p["prompt"]]
 
 
 def submit_generate(client, **kw):

@@ -224,10 +224,10 @@ def test_out_of_memory_halves_the_batch_then_says_so(tiny_checkpoints, tmp_path,
     service = Service.from_folder(tiny_checkpoints["vq"].parent, device="cpu", out_dir=tmp_path)
     real = Studio.decode_steps
 
-    def small_device(self, order, class_ids, *args, **kwargs):
-        if len(class_ids) > 2:
+    def small_device(self, order, condition, *args, **kwargs):
+        if condition.batch > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, order, class_ids, *args, **kwargs)
+        return real(self, order, condition, *args, **kwargs)
     monkeypatch.setattr(Studio, "decode_steps", small_device)
     final = list(service.generate(service.request(["nar"], class_name="dog", num_images=8)))[-1]
     assert len(final.images) == 2

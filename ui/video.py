@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from nar.checkpoint import CheckpointError
+from nar.devices import pick_device
 from nar.render import tile
 from nar.video import VideoStudio, save_clip
 
@@ -49,7 +50,7 @@ def load_video_models(folder: Optional[Path], device) -> tuple[Optional[VideoStu
         return None, NO_VIDEO
     files = {"vq": folder / "vq.safetensors", **{k: folder / f"video_{k}.safetensors" for k in kinds}}
     try:
-        studio = VideoStudio.bundled(torch.device(device), files, kinds)
+        studio = VideoStudio.bundled(pick_device(device), files, kinds)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         log.warning("video models not loaded: %s", e)
         return None, f"the video models in the checkpoints folder did not load ({e})"
