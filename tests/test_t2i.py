@@ -9,9 +9,8 @@ import shutil
 import pytest
 import torch
 
-from nar import data, npm_packages
 from nar.text_encoder import TextEncoder, TextEncoderConfig, save_text_encoder
-from tests.text_fixture import write_fake_cache
+from tests.text_fixture import build_text_set
 
 
 @pytest.fixture(scope="module")
@@ -20,13 +19,7 @@ def t2i_folder(tmp_path_factory, tiny_checkpoints):
     for 3 steps from the class models on a tiny captioned set."""
     from nar import train
     tmp = tmp_path_factory.mktemp("t2i")
-    cache = write_fake_cache(tmp / "cache")
-    real_pack = npm_packages.npm_pack
-    npm_packages.npm_pack = lambda *a: pytest.fail("tried to download")
-    try:
-        data.main(["text", "--out", str(tmp / "data"), "--cache", str(cache), "--size", "16"])
-    finally:
-        npm_packages.npm_pack = real_pack
+    text_set = build_text_set(tmp)
     folder = tmp / "checkpoints"
     folder.mkdir()
     for name in ("vq", "nar", "raster"):
@@ -35,7 +28,7 @@ def t2i_folder(tmp_path_factory, tiny_checkpoints):
     save_text_encoder(folder / "text_encoder.safetensors",
                       TextEncoder(TextEncoderConfig(dim=16, n_layer=1, n_head=2, embed_dim=16)))
     for kind in ("nar", "raster"):
-        train.main([kind, "--text", "--data", str(tmp / "data"), "--init", str(folder / f"{kind}.safetensors"),
+        train.main([kind, "--text", "--data", str(text_set), "--init", str(folder / f"{kind}.safetensors"),
                     "--vq", str(folder / "vq.safetensors"), "--text-encoder", str(folder / "text_encoder.safetensors"),
                     "--run-dir", str(tmp / f"run_{kind}"), "--no-flip", "--steps", "3", "--batch-size", "4",
                     "--eval-every", "3", "--log-every", "1", "--threads", "1", "--warmup", "1"])
@@ -122,7 +115,7 @@ def test_text_eval_reports_both_orders(t2i_folder, tmp_path, capsys):
     save_checkpoint(tmp_path / "judge.safetensors", "classifier", judge.state_dict(), judge.config.to_dict(),
                     {"class_names": list(CLASS_NAMES)})
     t2i_eval.main(["--text", "--json", "--checkpoints", str(t2i_folder), "--judge", str(tmp_path / "judge.safetensors"),
-                   "--data", str(t2i_folder.parent / "data"), "--prompts", "4", "--samples-dir", str(tmp_path),
+                   "--data", str(t2i_folder.parent / "out"), "--prompts", "4", "--samples-dir", str(tmp_path),
                    "--device", "cpu"])
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(report["orders"]) == {"nar", "raster"} and report["retrieval_ways"] >= 5

@@ -6,22 +6,14 @@ import json
 import numpy as np
 import pytest
 
-from nar import data, npm_packages
+from nar import data
 from nar.images import DatasetMissingError, load_text_split
-from tests.text_fixture import EMOJIS, colour_of, write_fake_cache
+from tests.text_fixture import EMOJIS, build_text_set, colour_of
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("text")
-    cache = write_fake_cache(tmp / "cache")
-    real_pack = npm_packages.npm_pack
-    npm_packages.npm_pack = lambda *a: pytest.fail("tried to download")
-    try:
-        data.main(["text", "--out", str(tmp / "out"), "--cache", str(cache), "--size", "16"])
-    finally:
-        npm_packages.npm_pack = real_pack
-    return tmp / "out"
+    return build_text_set(tmp_path_factory.mktemp("text"))
 
 
 def test_files_and_caption_table(built):

@@ -106,3 +106,18 @@ def write_fake_cache(cache: Path) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(_annotations(table, is_derived), encoding="utf-8")
     return cache
+
+
+def build_text_set(tmp: Path, size: int = 16) -> Path:
+    """`python -m nar.data text` on the fake cache (any download attempt fails the test); the set's folder."""
+    import pytest
+
+    from nar import data, npm_packages
+    cache = write_fake_cache(tmp / "cache")
+    real_pack = npm_packages.npm_pack
+    npm_packages.npm_pack = lambda *a: pytest.fail("tried to download")
+    try:
+        data.main(["text", "--out", str(tmp / "out"), "--cache", str(cache), "--size", str(size)])
+    finally:
+        npm_packages.npm_pack = real_pack
+    return tmp / "out"
