@@ -29,9 +29,6 @@ class ClassCondition:
     def to(self, device) -> "ClassCondition":
         return ClassCondition(self.class_ids.to(device))
 
-    def repeat(self, times: int) -> "ClassCondition":
-        return ClassCondition(self.class_ids.repeat(times))
-
     def index(self, rows) -> "ClassCondition":
         return ClassCondition(self.class_ids[rows])
 
@@ -55,10 +52,6 @@ class TextCondition:
 
     def to(self, device) -> "TextCondition":
         return TextCondition(self.features.to(device), self.mask.to(device), self.prompts)
-
-    def repeat(self, times: int) -> "TextCondition":
-        prompts = None if self.prompts is None else self.prompts * times
-        return TextCondition(self.features.repeat(times, 1, 1), self.mask.repeat(times, 1), prompts)
 
     def index(self, rows) -> "TextCondition":
         prompts = None

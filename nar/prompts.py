@@ -13,7 +13,6 @@ and their mask) of the width and length a text model's prefix takes:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -129,8 +128,3 @@ def left_aligned(features: torch.Tensor, mask: torch.Tensor, prompts=None) -> Te
             out[i, -n:] = features[i, mask[i]]
             moved[i, -n:] = True
     return TextCondition(out, moved, prompts)
-
-
-def bundled_prompt_encoder(folder: str | os.PathLike, device="cpu") -> Optional[OwnPromptEncoder]:
-    path = Path(folder) / "text_encoder.safetensors"
-    return OwnPromptEncoder.from_file(path, device) if path.is_file() else None

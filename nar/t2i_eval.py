@@ -21,6 +21,7 @@ import argparse
 import json
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -53,8 +54,7 @@ def generate(studio: Studio, order: str, prompts: list[str], sampling: SamplingC
     images, seconds, out = [], 0.0, None
     for start in range(0, len(prompts), batch):
         chunk = prompts[start:start + batch]
-        out = studio(chunk, order=order, sampling=SamplingConfig(**{**sampling.__dict__, "seed": sampling.seed + start}),
-                     window=window)
+        out = studio(chunk, order=order, sampling=replace(sampling, seed=sampling.seed + start), window=window)
         images.append(out.images)
         seconds += out.seconds
     return np.concatenate(images), seconds / len(prompts), out.steps
