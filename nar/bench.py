@@ -30,7 +30,7 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -40,7 +40,7 @@ import torch
 from .bench_plots import plot
 from .checkpoint import atomic_write
 from .config import SamplingConfig, model_config
-from .decode import decode_steps
+from .decode import compiled_graph_count, decode_steps
 from .devices import device_name, pick_device, pick_dtype
 from .graphs import CaptureError, GraphedDecode, is_out_of_memory, probe_condition
 from .model import Transformer
@@ -63,6 +63,7 @@ class Case:
     batch: int
     cfg: bool
     graphs: bool = False   # replay CUDA graphs (built during warm-up) instead of launching eagerly
+    compiled: bool = False  # each step's trunk through torch.compile (compiled during warm-up)
     _graphed: Optional[GraphedDecode] = field(default=None, init=False, repr=False)
 
     @cached_property
@@ -78,7 +79,8 @@ class Case:
                 self._graphed = GraphedDecode(self.model, self.schedule, self.batch, sampling)
             grid = self._graphed(ids)
         else:
-            for record in decode_steps(self.model, self.schedule, ids, sampling, sync=False):
+            for record in decode_steps(self.model, self.schedule, ids, sampling, sync=False,
+                                       compiled=self.compiled):
                 pass
             grid = record.grid
         synchronize(grid.device)
@@ -105,14 +107,14 @@ def synchronize(device: torch.device) -> None:
 
 def cases_for(label: str, suite: str, nar_model: Transformer, raster_model: Transformer,
               batches: Iterable[int], cfgs: Iterable[bool], graphs: bool = False,
-              windows: Iterable[int] = ZIPAR_WINDOWS) -> list[Case]:
+              windows: Iterable[int] = ZIPAR_WINDOWS, compiled: bool = False) -> list[Case]:
     out = []
     for batch in batches:
         for cfg in cfgs:
-            out.append(Case(f"{label} nar", suite, nar_model, "nar", None, batch, cfg, graphs))
+            out.append(Case(f"{label} nar", suite, nar_model, "nar", None, batch, cfg, graphs, compiled))
             for w in windows:
-                out.append(Case(f"{label} zipar-{w}", suite, raster_model, "zipar", w, batch, cfg, graphs))
-            out.append(Case(f"{label} raster", suite, raster_model, "raster", None, batch, cfg, graphs))
+                out.append(Case(f"{label} zipar-{w}", suite, raster_model, "zipar", w, batch, cfg, graphs, compiled))
+            out.append(Case(f"{label} raster", suite, raster_model, "raster", None, batch, cfg, graphs, compiled))
     return out
 
 
@@ -147,6 +149,7 @@ class Outcome:
     times: list[float] = field(default_factory=list)
     peak_memory_bytes: Optional[int] = None   # GPU bytes the case allocated itself (None on a CPU)
     left_out: Optional[str] = None
+    warmup_s: Optional[float] = None          # the warm-up runs' time: with --compile, mostly compiling
 
 
 def free_device_bytes(device: torch.device) -> Optional[int]:
@@ -204,6 +207,7 @@ def warm_up(case: Case, warmup: int) -> Outcome:
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     failure = None
+    started = time.perf_counter()
     try:
         for _ in range(max(1, warmup)):
             case.run()
@@ -215,7 +219,7 @@ def warm_up(case: Case, warmup: int) -> Outcome:
         free_memory(device)
         return Outcome(left_out=failure)
     peak = torch.cuda.max_memory_allocated(device) - before if device.type == "cuda" else None
-    return Outcome(peak_memory_bytes=peak)
+    return Outcome(peak_memory_bytes=peak, warmup_s=time.perf_counter() - started)
 
 
 def time_interleaved(cases: list[Case], rounds: int, warmup: int, progress: Callable[[str], None],
@@ -261,6 +265,7 @@ def summarise(case: Case, outcome: Outcome, limits: MachineLimits) -> dict:
             "latency_median_s": median, "latency_iqr_s": [q[0], q[2]],
             "latency_per_image_s": median / case.batch, "images_per_s": case.batch / median,
             "rounds": len(seconds), "peak_memory_bytes": outcome.peak_memory_bytes, "cuda_graphs": case.graphs,
+            "compiled": case.compiled, "warmup_s": outcome.warmup_s,
             **memory_bytes(case.model, case.schedule, case.batch, case.cfg),
             "bound_per_image_s": bound / case.batch, "times_bound": median / bound,
             "memory_bound_steps": memory_bound_steps(costs, limits),
@@ -282,10 +287,13 @@ def vq_decode_time(vq, rounds: int = 5, frames: int = 1, n: Optional[int] = None
     return {"vq_decode_median_s": statistics.median(times), "image_size": vq.cfg.downsample * n, "frames": frames}
 
 
-def speedups(results: list[dict], suite: str = "bundled", batch: int = 1, cfg: bool = True) -> dict:
-    """Per-image wall-clock ratios against raster for one suite, batch and CFG setting."""
+def speedups(results: list[dict], suite: str = "bundled", batch: int = 1, cfg: bool = True,
+             compiled: bool = False) -> dict:
+    """Per-image wall-clock ratios against raster for one suite, batch and CFG setting (eager
+    or compiled steps: each order against raster run the same way)."""
     pick = {r["label"].split(" ", 1)[1]: r["latency_per_image_s"] for r in results
-            if r["suite"] == suite and r["batch"] == batch and r["cfg"] == cfg}
+            if r["suite"] == suite and r["batch"] == batch and r["cfg"] == cfg
+            and r.get("compiled", False) == compiled}
     if "raster" not in pick or "nar" not in pick:
         return {}
     out = {"nar_vs_raster": pick["raster"] / pick["nar"]}
@@ -331,6 +339,8 @@ def normalise_result(r: dict) -> Optional[dict]:
     window = r.get("window")
     label = str(r.get("label") or order).split(" ")[-1] if r.get("label") else (
         f"{order}-{window}" if order == "zipar" and window else str(order))
+    if r.get("compiled"):
+        label += " (compiled)"
     return {"suite": str(r.get("suite", "")), "label": label, "order": str(order), "window": window,
             "batch": batch, "cfg": bool(r.get("cfg", True)), "per_image_s": per_image,
             "images_per_s": 1.0 / per_image}
@@ -382,6 +392,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="run every step on --threads, whatever the step size and the machine's load")
     p.add_argument("--busy-neighbour", action="store_true",
                    help="time beside one busy-loop process (written to <device>[-quick]-busy.json)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time every case with its steps through torch.compile, beside the eager ones "
+                        "(compile time is the warm-up, reported as warmup_s; written to <device>[-quick]-compile.json)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.threads is not None:
@@ -415,13 +428,15 @@ def main(argv: Optional[list[str]] = None) -> None:
             cases += cases_for(size, size, pair[0], pair[1], batches, cfgs, graphs)
     if args.text:
         cases += text_cases(Path(args.checkpoints), device, dtype, batches, cfgs, graphs)
+    if args.compile:   # the compiled twin of each case, timed in the same interleaved rounds
+        cases += [replace(c, compiled=True) for c in cases]
     rounds = 3 if args.quick else args.rounds
     limits = measure_limits(device, dtype)
     log(f"measured limits: {limits.bandwidth_bytes_per_s / 1e9:.0f} GB/s copy, "
         f"{limits.matmul_flops_per_s / 1e12:.2f} TFLOP/s matmul ({dtype})")
     name = device_name(device)
     suffix = ("-quick" if args.quick else "") + ("-busy" if args.busy_neighbour else "") + \
-        ("-fixed" if args.fixed_threads else "")
+        ("-fixed" if args.fixed_threads else "") + ("-compile" if args.compile else "")
     out_path = Path(args.out_dir) / f"{name}{suffix}.json"
     free_memory(device)   # the limits' big buffers are still cached: free them before asking what is free
     groups = plan_groups(cases, free_device_bytes(device))
@@ -438,6 +453,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         """Rewritten after every group, so a run cut off part-way still leaves its results."""
         results = [summarise(cases[i], o, limits) for i, o in sorted(outcomes.items()) if o.times]
         report.update(speedup=speedups(results), results=results,
+                      speedup_compiled=speedups(results, compiled=True) if args.compile else None,
+                      compiled_graphs=compiled_graph_count() if args.compile else None,
                       left_out=[{"suite": cases[i].suite, "label": cases[i].label, "batch": cases[i].batch,
                                  "cfg": cases[i].cfg, "reason": o.left_out}
                                 for i, o in sorted(outcomes.items()) if o.left_out],
@@ -460,10 +477,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     write_report(outcomes)
     results = report["results"]
     for r in results:
-        log(f"{r['label']:>22} b={r['batch']:<3} cfg={'on ' if r['cfg'] else 'off'} steps={r['steps']:<4} "
+        log(f"{r['label'] + (' compiled' if r['compiled'] else ''):>31} b={r['batch']:<3} "
+            f"cfg={'on ' if r['cfg'] else 'off'} steps={r['steps']:<4} "
             f"{r['latency_per_image_s'] * 1000:9.1f} ms/image  {r['images_per_s']:8.2f} img/s  "
-            f"{r['times_bound']:6.1f}x bound")
+            f"{r['times_bound']:6.1f}x bound" + (f"  (warm-up {r['warmup_s']:.1f} s)" if r['compiled'] else ""))
     log(f"speedup vs raster (bundled, batch 1, CFG on): {report['speedup']}")
+    if args.compile:
+        log(f"compiled steps, speedup vs compiled raster: {report['speedup_compiled']}; "
+            f"{report['compiled_graphs']} graphs compiled")
     if args.json:
         print(json.dumps(report))
 

@@ -56,6 +56,7 @@ class StepPlan:
     frame_idx: torch.Tensor    # [Q] same for the frame head (video NAR; weights 0 otherwise)
     frame_w: torch.Tensor
     key_len: int               # cache slots [0, key_len) are the keys of this step
+    slot_start: int = 0        # slots are consecutive: slots == range(slot_start, slot_start + T)
 
     def to(self, device) -> "StepPlan":
         return StepPlan(**{k: v.to(device) if isinstance(v, torch.Tensor) else v
@@ -152,6 +153,7 @@ def compile_plan(kind: str, schedule: Schedule, prefix_len: int = 1) -> DecodePl
             frame_idx=torch.tensor([i for i, _ in picked["frame"]]),
             frame_w=torch.tensor([w for _, w in picked["frame"]]),
             key_len=key_len,
+            slot_start=inputs[0][2],
         ))
     return DecodePlan(kind, schedule, max(sp.key_len for sp in steps), steps, L)
 
@@ -242,6 +244,11 @@ def prefix_keys(condition: Condition, cache_len: int) -> Optional[torch.Tensor]:
     return keys_ok
 
 
+# One cache slot more than a plan reads: the last step's keys are then a slice of the cache, like
+# every other step's, not all of it (torch.compile would specialise a graph for that step alone).
+SPARE_SLOTS = 1
+
+
 def new_state(model: Transformer, plan: DecodePlan, condition: Condition | torch.Tensor,
               sampling: SamplingConfig) -> DecodeState:
     device = model.tok_embeddings.weight.device
@@ -251,7 +258,7 @@ def new_state(model: Transformer, plan: DecodePlan, condition: Condition | torch
     return DecodeState(batch=batch, condition=rows, keys_ok=prefix_keys(rows, plan.cache_len),
                        seeds=sampling.seed + torch.arange(batch, device=device),
                        grid=torch.full((batch, plan.schedule.num_tokens), -1, dtype=torch.long, device=device),
-                       caches=model.new_caches(rows.batch, plan.cache_len))
+                       caches=model.new_caches(rows.batch, plan.cache_len + SPARE_SLOTS))
 
 
 def load_condition(state: DecodeState, condition: Condition) -> None:
@@ -287,23 +294,57 @@ def guidance(plan: DecodePlan, sampling: SamplingConfig) -> list[bool]:
     return flags
 
 
-def run_step(model: Transformer, state: DecodeState, t: int, sp: StepPlan, sampling: SamplingConfig,
-             guided: bool, with_probability: bool = False):
-    """One step: feed the previous step's tokens, sample this step's targets into the grid.
-    No host synchronisation, so a GPU can run ahead (and a CUDA graph can capture it).
-    Returns (tokens, logits), and the sampled tokens' probabilities third with `with_probability`."""
-    if t == 0:
-        x = model.embed_condition(state.condition)[0]
-    else:
-        x = model.embed_tokens(state.grid[:, sp.token_src].repeat(state.rows // state.batch, 1))
-    feats = model.features(x, sp.seq_pos, step_mask(state, t, sp), state.caches, sp.slots, sp.key_len)
+def step_logits(model: Transformer, x: torch.Tensor, sp: StepPlan, mask: Optional[torch.Tensor],
+                caches: list, batch: int, cfg_scale: Optional[float]) -> torch.Tensor:
+    """The trunk and heads of one step: embeddings x [B', T, dim] of the fed inputs -> logits
+    [B, Q, V] of the step's targets (CFG-combined with cfg_scale, the conditional half without).
+    The part of a step worth compiling: tensors in, tensors out, no host read."""
+    feats = model.features(x, sp.seq_pos, mask, caches, sp.slot_start, sp.key_len)
     logits = model.logits_right(feats.right[:, sp.right_idx]) * sp.right_w[:, None]
     if feats.below is not None:
         logits = logits + model.logits_below(feats.below[:, sp.below_idx]) * sp.below_w[:, None]
     if feats.frame is not None:
         logits = logits + model.logits_frame(feats.frame[:, sp.frame_idx]) * sp.frame_w[:, None]
-    if state.rows > state.batch:
-        logits = cfg_combine(logits, sampling.cfg_scale) if guided else logits[:state.batch]
+    if logits.shape[0] > batch:
+        logits = cfg_combine(logits, cfg_scale) if cfg_scale is not None else logits[:batch]
+    return logits
+
+
+@lru_cache(maxsize=None)
+def compiled_step_logits():
+    """`step_logits` through torch.compile (inductor: fused C++ / Triton kernels instead of a few
+    hundred small eager ops a step), built on first use. dynamic=True makes the front size, the
+    batch and the cache length symbols, so one graph serves every step of every decode; only
+    one-input steps (the class prefix, every raster step: size 1 is specialised), a step with
+    or without a mask, and each model add a graph. The limit below bounds them; compile time is
+    paid once per process at the first decode (the benchmark counts it as warm-up)."""
+    import torch._dynamo
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_GRAPH_LIMIT)
+    return torch.compile(step_logits, dynamic=True)
+
+
+COMPILED_GRAPH_LIMIT = 64   # graphs per process before torch.compile falls back to eager steps
+
+
+def compiled_graph_count() -> int:
+    """Graphs torch.compile has built in this process so far (the benchmark reports them)."""
+    from torch._dynamo.utils import counters
+    return int(counters["stats"]["unique_graphs"])
+
+
+def run_step(model: Transformer, state: DecodeState, t: int, sp: StepPlan, sampling: SamplingConfig,
+             guided: bool, with_probability: bool = False, compiled: bool = False):
+    """One step: feed the previous step's tokens, sample this step's targets into the grid.
+    No host synchronisation, so a GPU can run ahead (and a CUDA graph can capture it).
+    compiled: run `step_logits` through torch.compile (`compiled_step_logits`).
+    Returns (tokens, logits), and the sampled tokens' probabilities third with `with_probability`."""
+    if t == 0:
+        x = model.embed_condition(state.condition)[0]
+    else:
+        x = model.embed_tokens(state.grid[:, sp.token_src].repeat(state.rows // state.batch, 1))
+    trunk = compiled_step_logits() if compiled else step_logits
+    logits = trunk(model, x, sp, step_mask(state, t, sp), state.caches, state.batch,
+                   sampling.cfg_scale if guided else None)
     if t == 0:   # from the seeds of this decode (a reused state gets new ones)
         state.noise = noise_table(state.seeds, state.grid.shape[1], logits.shape[-1])
     drawn = sample(logits, state.seeds, sp.targets, sampling.temperature, sampling.top_k, sampling.top_p,
@@ -316,7 +357,8 @@ def run_step(model: Transformer, state: DecodeState, t: int, sp: StepPlan, sampl
 @torch.inference_mode()
 def decode_steps(model: Transformer, schedule: Schedule, condition: Condition | torch.Tensor,
                  sampling: SamplingConfig = SamplingConfig(), *, sync: bool = True,
-                 record_logits: bool = False, record_confidence: bool = False) -> Iterator[StepRecord]:
+                 record_logits: bool = False, record_confidence: bool = False,
+                 compiled: bool = False) -> Iterator[StepRecord]:
     """Decode a batch of images (or clips) step by step, yielding a StepRecord after every step.
 
     `condition` is a tensor of class ids, a ClassCondition or a TextCondition (nar/conditions.py).
@@ -324,7 +366,8 @@ def decode_steps(model: Transformer, schedule: Schedule, condition: Condition | 
     sync=True waits for the device at each step so `elapsed` is the true decoding time (what a
     UI shows); a benchmark that only needs the end result passes sync=False. Time the caller
     spends between steps (drawing frames) is not counted in `elapsed`. record_confidence fills
-    StepRecord.confidence with the probability of every sampled token.
+    StepRecord.confidence with the probability of every sampled token. compiled runs each step's
+    trunk and heads through torch.compile (`compiled_step_logits`; the first decode compiles).
     """
     condition = check_request(model, schedule, condition, sampling)
     device = model.tok_embeddings.weight.device
@@ -335,7 +378,8 @@ def decode_steps(model: Transformer, schedule: Schedule, condition: Condition | 
     for t, sp in enumerate(plan.steps):
         started = time.perf_counter()
         with running_on(budget and threads_for_rows(budget, state.rows * len(sp.slots))):
-            out = run_step(model, state, t, sp, sampling, guided[t], with_probability=record_confidence)
+            out = run_step(model, state, t, sp, sampling, guided[t], with_probability=record_confidence,
+                           compiled=compiled)
         tokens, logits = out[0], out[1]
         if sync:
             wait_for_stream(device)  # this request's stream only, not the whole device
@@ -347,10 +391,10 @@ def decode_steps(model: Transformer, schedule: Schedule, condition: Condition | 
 
 
 def generate(model: Transformer, schedule: Schedule, condition: Condition | torch.Tensor,
-             sampling: SamplingConfig = SamplingConfig()) -> torch.Tensor:
+             sampling: SamplingConfig = SamplingConfig(), compiled: bool = False) -> torch.Tensor:
     """Decode to the end; returns the token grids [B, n, n] (clips: [B, T, n, n])."""
     record = None
-    for record in decode_steps(model, schedule, condition, sampling, sync=False):
+    for record in decode_steps(model, schedule, condition, sampling, sync=False, compiled=compiled):
         pass
     return record.grid.view(-1, *token_grid_shape(schedule))
 

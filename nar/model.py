@@ -82,18 +82,12 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
-    def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_len: int):
-        if slots.device.type == "cpu":
-            # the decoder's slots are consecutive (nar/decode.py): a plain slice copy is a few
-            # times cheaper than index_copy_ on a CPU (a GPU keeps index_copy_: no host read)
-            at = slots.tolist()
-            start, stop = at[0], at[0] + len(at)
-            if at == list(range(start, stop)):
-                self.k[:, :, start:stop].copy_(k)
-                self.v[:, :, start:stop].copy_(v)
-                return self.k[:, :, :key_len], self.v[:, :, :key_len]
-        self.k.index_copy_(2, slots, k)
-        self.v.index_copy_(2, slots, v)
+    def update(self, start: int, k: torch.Tensor, v: torch.Tensor, key_len: int):
+        """Write k, v [B, n_kv_head, T, head_dim] at slots [start, start + T) and return the keys
+        and values of slots [0, key_len). A plan's slots are consecutive (nar/decode.py), so this
+        is a slice copy: no index tensor, no host read, the same on a CPU, a GPU or in a graph."""
+        self.k[:, :, start:start + k.shape[2]].copy_(k)
+        self.v[:, :, start:start + v.shape[2]].copy_(v)
         return self.k[:, :, :key_len], self.v[:, :, :key_len]
 
 
@@ -111,7 +105,7 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, mask: Optional[torch.Tensor],
-                cache: Optional[KVCache] = None, slots: Optional[torch.Tensor] = None,
+                cache: Optional[KVCache] = None, slot_start: Optional[int] = None,
                 key_len: Optional[int] = None):
         bsz, seqlen, _ = x.shape
         kv_dim = self.n_kv_head * self.head_dim
@@ -121,7 +115,7 @@ class Attention(nn.Module):
         q, k = (t.transpose(1, 2) for t in qk.split([self.n_head, self.n_kv_head], dim=2))
         v = v.view(bsz, seqlen, self.n_kv_head, self.head_dim).transpose(1, 2)
         if cache is not None:
-            k, v = cache.update(slots, k, v, key_len)
+            k, v = cache.update(slot_start, k, v, key_len)
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
@@ -139,8 +133,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
 
-    def forward(self, x, rope, mask, cache=None, slots=None, key_len=None):
-        h = x + self.attention(self.attention_norm(x), rope, mask, cache, slots, key_len)
+    def forward(self, x, rope, mask, cache=None, slot_start=None, key_len=None):
+        h = x + self.attention(self.attention_norm(x), rope, mask, cache, slot_start, key_len)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -257,20 +251,20 @@ class Transformer(nn.Module):
 
     # -- the shared trunk -------------------------------------------------------------------
     def features(self, x: torch.Tensor, seq_pos: torch.Tensor, mask: Optional[torch.Tensor],
-                 caches: Optional[list[KVCache]] = None, slots: Optional[torch.Tensor] = None,
+                 caches: Optional[list[KVCache]] = None, slot_start: Optional[int] = None,
                  key_len: Optional[int] = None) -> Features:
         """Run the blocks on embeddings x [B, T, dim] at sequence positions seq_pos [T].
 
         mask [T, K] (or broadcastable to [B, H, T, K]) is True where a query may attend a key
         (None: every key); keys are the T inputs themselves, or with caches, cache slots
-        [0, key_len) after writing the inputs at `slots`.
+        [0, key_len) after writing the inputs at slots [slot_start, slot_start + T).
         """
         rope = rope_factors(self.rope[seq_pos])   # once per forward, not per layer
         h = self.tok_dropout(x) if self.training else x
         cfg = self.config
         taps = {}  # hidden states after the last block of each head's stack
         for i, layer in enumerate(self.layers):
-            h = layer(h, rope, mask, caches[i] if caches is not None else None, slots, key_len)
+            h = layer(h, rope, mask, caches[i] if caches is not None else None, slot_start, key_len)
             taps[i + 1] = h
         below_at = cfg.n_layer + cfg.extra_blocks
         return Features(right=taps[cfg.n_layer],

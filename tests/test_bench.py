@@ -201,3 +201,20 @@ def test_busy_neighbour_runs_beside_the_timing_and_is_stopped(tiny_checkpoints, 
     assert report["busy_neighbour"] is True and report["complete"]
     assert report["threads"] == {"torch_threads": 1, "policy": {"adaptive": False, "min_rows_per_thread": 8}}
     assert len(report["load_average_start"]) == 3 and len(report["results"]) == 4
+
+
+def test_bench_compile_times_compiled_twins_beside_the_eager_cases(tiny_checkpoints, tmp_path, one_thread):
+    from nar import bench
+    folder = Path(tiny_checkpoints["nar"]).parent
+    bench.main(["--quick", "--compile", "--checkpoints", str(folder), "--out-dir", str(tmp_path)])
+    report = json.loads((tmp_path / f"{bench.device_name(torch.device('cpu'))}-quick-compile.json").read_text())
+    rows = {(r["label"], r["compiled"]): r for r in report["results"]}
+    labels = ["bundled nar", "bundled zipar-4", "bundled zipar-8", "bundled raster"]
+    assert set(rows) == {(label, compiled) for label in labels for compiled in (False, True)}
+    for label in labels:   # the same decode either way: same steps; compiling is the warm-up
+        assert rows[label, True]["steps"] == rows[label, False]["steps"]
+        assert rows[label, True]["warmup_s"] > 0 and rows[label, True]["rounds"] == 3
+    assert set(report["speedup_compiled"]) >= {"nar_vs_raster", "zipar_vs_raster"}
+    assert report["compiled_graphs"] >= 3   # NAR, raster and ZipAR steps differ in shape
+    _, table = bench.read_report(tmp_path / f"{report['device']}-quick-compile.json")
+    assert {row["label"] for row in table} >= {"nar", "nar (compiled)", "raster (compiled)"}
