@@ -208,6 +208,45 @@ def focus_rings(page, kinds=("range", "radio"), presses: int = 60) -> dict:
     return found
 
 
+# records every text the Video tab's caption shows and every picture its live view gets
+WATCH_VIDEO = WATCH.replace("__captions", "__video_captions").replace("__frames", "__video_frames") \
+    .replace("#gen-caption", "#video-caption").replace("#live", "#video-live")
+
+
+def video_session(page, timeout_ms: int) -> dict:
+    """The Video tab: a NAR clip decodes live (the caption steps through the planes), comes as a
+    GIF and an MP4, a kept step is shown again, then the NAR vs raster race fills its table."""
+    seen = {}
+    page.get_by_role("tab", name="Video").click()
+    page.wait_for_selector("#video-button", timeout=timeout_ms)
+    page.get_by_label("Motion").first.click()
+    page.get_by_role("option", name="zoom_in", exact=True).click()
+    page.evaluate(WATCH_VIDEO)
+    page.locator("#video-button").click()                      # NAR, the default order
+    page.wait_for_function("document.querySelector('#video-caption').innerText.includes('done')",
+                           timeout=timeout_ms)
+    page.wait_for_selector("#video-mp4 a", timeout=timeout_ms)   # the files close the event
+    page.wait_for_selector("#video-gif img", timeout=timeout_ms)
+    seen["captions"] = page.evaluate("window.__video_captions")
+    seen["frames"] = page.evaluate("window.__video_frames.size")
+    seen["caption"] = page.locator("#video-caption").inner_text()
+    seen["mp4"] = page.locator("#video-mp4").inner_text()
+    box = page.locator("#video-scrub input[type=number]")
+    box.fill("5")
+    box.press("Enter")
+    page.wait_for_function("document.querySelector('#video-caption').innerText.includes('step 5/18')",
+                           timeout=timeout_ms)
+    seen["scrub"] = page.locator("#video-caption").inner_text()
+    page.locator("#video-race").click()
+    page.wait_for_function("document.querySelector('#video-caption-raster').innerText.includes('done')",
+                           timeout=timeout_ms)
+    page.wait_for_timeout(800)
+    seen["race"] = {o: page.locator(f"#video-caption-{o}").inner_text() for o in ("raster", "nar")}
+    seen["table"] = page.locator("#video-race-table").inner_text()
+    seen["no_error"] = page.evaluate(NO_ERROR)
+    return seen
+
+
 def live_view_session(url: str, width: int, height: int, timeout_ms: int = 120_000) -> dict:
     """On the bundled models: generate, stop a raster decode mid-way, scrub the stopped result with
     the confidence overlay, restore a history item's parameters, send the other to Compare; the
@@ -290,6 +329,8 @@ def live_view_session(url: str, width: int, height: int, timeout_ms: int = 120_0
             if width < 500:
                 page.screenshot(path=str(Path(os.environ.get("NAR_SHOTS", tempfile.gettempdir())) /
                                          "screenshot_phone.png"), full_page=True)
+            else:
+                seen["video"] = video_session(page, timeout_ms)
             overflow("after")
         finally:
             browser.close()
@@ -320,6 +361,15 @@ def test_live_view_stop_scrub_and_history_on_desktop_and_phone(tmp_path, monkeyp
             assert not any(t["bad"] for t in seen["tables"].values()), seen["tables"]
             if width < 500:   # the Compare table is wider than a phone: it scrolls, the page does not
                 assert seen["tables"]["Compare before"]["wider"] > 0, seen["tables"]
+            else:             # the Video tab: live planes, the clip's files, a kept step, the race
+                video = seen["video"]
+                steps = {int(m.group(1)) for c in video["captions"] for m in [re.search(r"step (\d+)/18", c)] if m}
+                assert steps and max(steps) < 18, video["captions"]      # intermediate planes were shown
+                assert "NAR · done: 18 steps" in video["caption"] and "4 x 8 x 8 tokens" in video["caption"], video
+                assert video["frames"] >= 2 and ".mp4" in video["mp4"], video
+                assert video["scrub"].startswith("step 5/18"), video["scrub"]
+                assert "done: 256 steps" in video["race"]["raster"] and "done: 18 steps" in video["race"]["nar"], video
+                assert "256" in video["table"] and "18" in video["table"] and video["no_error"], video
 
 
 # Outside CI a machine without chromium skips this test; CI (.ci/run installs chromium) never does.
