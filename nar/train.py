@@ -275,6 +275,8 @@ def train_loop(cfg: TrainConfig, train_data: TokenSet, val_data: Optional[TokenS
         else:
             model, class_names, remap = conditioner.build_model(cfg, vocab_size, grid_size), [], None
         model, saved_optim, state = model.to(device), {}, TrainState()
+        if rank == 0:   # a run stopped before its first checkpoint starts again from step 0
+            trim_metrics(run_dir / "metrics.jsonl", 0)
     if remap is not None:
         train_data = dataclasses.replace(train_data, labels=remap[train_data.labels])
         if val_data is not None:

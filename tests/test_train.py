@@ -68,6 +68,19 @@ def test_resume_continues_exactly(tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
 
 
+def test_a_run_restarted_before_its_first_checkpoint_logs_each_step_once(tmp_path):
+    """A run killed before it wrote last.safetensors starts again from step 0: what it logged is
+    dropped, not kept in front of the new run's lines."""
+    data = toy_tokens()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 5, "loss": 9.0}\n{"step": 10, "loss": 9.0}\n{"step": 1')
+    train_loop(config(tmp_path, steps=10, eval_every=100), data, None, ["a", "b", "c"], 16, 4)
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [json.loads(l)["loss"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and 9.0 not in losses, steps
+
+
 def test_extend_classes_keeps_old_rows_and_null_last(make_model):
     model = make_model("nar", grid=4, classes=3)
     grown, names, remap = extend_classes(model, ["x", "y", "z"], ["y", "new1", "new2"])
