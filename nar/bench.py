@@ -465,7 +465,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                       wall_seconds=time.perf_counter() - start)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         if not args.quick and results:
-            report["plots"] = plot(results, out_path.parent, name, ZIPAR_WINDOWS)
+            # file names beside the report: it stays right when the folder is moved or committed
+            report["plots"] = [Path(p).name for p in plot(results, out_path.parent, name, ZIPAR_WINDOWS)]
         atomic_write(out_path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
 
     neighbour = start_busy_neighbour() if args.busy_neighbour else None

@@ -38,8 +38,8 @@ def test_bench_full_writes_plots(tiny_checkpoints, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert {(r["batch"], r["cfg"]) for r in report["results"]} == {(1, True), (1, False), (2, True), (2, False)}
-    for path in report["plots"]:
-        assert Path(path).stat().st_size > 1000
+    for name in report["plots"]:   # named relative to the report's folder
+        assert Path(name).name == name and (tmp_path / name).stat().st_size > 1000
 
 
 def test_cases_that_run_out_of_gpu_memory_are_left_out(make_model):
