@@ -213,6 +213,16 @@ WATCH_VIDEO = WATCH.replace("__captions", "__video_captions").replace("__frames"
     .replace("#gen-caption", "#video-caption").replace("#live", "#video-live")
 
 
+def scrub_to(page, scrub: str, caption: str, step: int, num_steps: int, timeout_ms: int) -> str:
+    """Type a step into a scrub box; the caption's text once it shows that step."""
+    box = page.locator(f"#{scrub} input[type=number]")
+    box.fill(str(step))
+    box.press("Enter")
+    page.wait_for_function(f"document.querySelector('#{caption}').innerText.includes('step {step}/{num_steps}')",
+                           timeout=timeout_ms)
+    return page.locator(f"#{caption}").inner_text()
+
+
 def video_session(page, timeout_ms: int) -> dict:
     """The Video tab: a NAR clip decodes live (the caption steps through the planes), comes as a
     GIF and an MP4, a kept step is shown again, then the NAR vs raster race fills its table."""
@@ -231,12 +241,7 @@ def video_session(page, timeout_ms: int) -> dict:
     seen["frames"] = page.evaluate("window.__video_frames.size")
     seen["caption"] = page.locator("#video-caption").inner_text()
     seen["mp4"] = page.locator("#video-mp4").inner_text()
-    box = page.locator("#video-scrub input[type=number]")
-    box.fill("5")
-    box.press("Enter")
-    page.wait_for_function("document.querySelector('#video-caption').innerText.includes('step 5/18')",
-                           timeout=timeout_ms)
-    seen["scrub"] = page.locator("#video-caption").inner_text()
+    seen["scrub"] = scrub_to(page, "video-scrub", "video-caption", 5, 18, timeout_ms)
     page.locator("#video-race").click()
     page.wait_for_function("document.querySelector('#video-caption-raster').innerText.includes('done')",
                            timeout=timeout_ms)
@@ -300,11 +305,7 @@ def live_view_session(url: str, width: int, height: int, timeout_ms: int = 120_0
             seen["no_error"] = page.evaluate(NO_ERROR)
             seen["gif"] = page.locator("#gen-gif").inner_text()
             # scrub: step 3 of the stopped decode, then the overlay
-            box = page.locator("#scrub input[type=number]")
-            box.fill("3")
-            box.press("Enter")
-            page.wait_for_function("document.querySelector('#gen-caption').innerText.includes('step 3/256')",
-                                   timeout=timeout_ms)
+            scrub_to(page, "scrub", "gen-caption", 3, 256, timeout_ms)
             page.locator("#overlay input").check()
             page.wait_for_function("document.querySelector('#gen-caption').innerText.includes('probability')",
                                    timeout=timeout_ms)
