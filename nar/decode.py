@@ -314,10 +314,11 @@ def step_logits(model: Transformer, x: torch.Tensor, sp: StepPlan, mask: Optiona
 def compiled_step_logits():
     """`step_logits` through torch.compile (inductor: fused C++ / Triton kernels instead of a few
     hundred small eager ops a step), built on first use. dynamic=True makes the front size, the
-    batch and the cache length symbols, so one graph serves every step of every decode; only
-    one-input steps (the class prefix, every raster step: size 1 is specialised), a step with
-    or without a mask, and each model add a graph. The limit below bounds them; compile time is
-    paid once per process at the first decode (the benchmark counts it as warm-up)."""
+    batch and the cache length symbols, so graphs are not built per step: torch.compile
+    specialises size 1, so a model gets at most one graph per kind of step (one or several
+    inputs x one or several targets, with or without a mask; a batch of 1 apart). The limit
+    below bounds them; compile time is paid once per process at the first decode of each kind
+    (the benchmark counts it as warm-up)."""
     import torch._dynamo
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_GRAPH_LIMIT)
     return torch.compile(step_logits, dynamic=True)

@@ -124,6 +124,7 @@ def test_cache_fills_in_feeding_order_and_steps_read_only_the_prefix(kind, order
     for t, sp in enumerate(plan.steps):
         fed = 1 if t == 0 else len(plan.schedule.steps[t - 1])
         assert sp.slots[:fed].tolist() == list(range(written, written + fed))  # next free slots
+        assert sp.slots.tolist() == list(range(sp.slot_start, sp.slot_start + len(sp.slots)))  # a slice
         written += fed
         assert sp.slots[fed:].tolist() == list(range(written, written + len(sp.slots) - fed))  # probes after them
         assert sp.key_len == len(sp.slots) - fed + written
