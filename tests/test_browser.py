@@ -290,13 +290,20 @@ def live_view_session(url: str, width: int, height: int, timeout_ms: int = 120_0
             seed.press("Enter")
             page.locator("#gen-button").click()
             # Stop while it decodes: the live view holds its first frame back (it never slows the
-            # decoder), so a fast machine can finish before that frame; press Stop once it runs
+            # decoder), so a fast machine can finish before that frame; press Stop once it runs.
+            # Pressed while the request still waits in the queue, Stop ends it before it begins
+            # (no frames, no files): then generate again and press Stop once more.
             for _ in range(100):
                 page.wait_for_timeout(200)
                 page.locator("#gen-stop").click()
                 page.wait_for_timeout(300)
-                if "stopping 1 decode" in page.locator("#gen-stop-note").inner_text():
+                note = page.locator("#gen-stop-note").inner_text()
+                if "stopping 1 decode" in note:
                     break
+                if "will not run" in note:
+                    page.wait_for_function("document.querySelector('#gen-caption').innerText"
+                                           ".includes('stopped before it began')", timeout=timeout_ms)
+                    page.locator("#gen-button").click()
             page.wait_for_function("document.querySelector('#gen-caption').innerText.includes('stopped')",
                                    timeout=timeout_ms)
             page.wait_for_selector("#gen-gif a", timeout=timeout_ms)  # the partial animation is offered
