@@ -107,14 +107,14 @@ def synchronize(device: torch.device) -> None:
 
 def cases_for(label: str, suite: str, nar_model: Transformer, raster_model: Transformer,
               batches: Iterable[int], cfgs: Iterable[bool], graphs: bool = False,
-              windows: Iterable[int] = ZIPAR_WINDOWS, compiled: bool = False) -> list[Case]:
+              windows: Iterable[int] = ZIPAR_WINDOWS) -> list[Case]:
     out = []
     for batch in batches:
         for cfg in cfgs:
-            out.append(Case(f"{label} nar", suite, nar_model, "nar", None, batch, cfg, graphs, compiled))
+            out.append(Case(f"{label} nar", suite, nar_model, "nar", None, batch, cfg, graphs))
             for w in windows:
-                out.append(Case(f"{label} zipar-{w}", suite, raster_model, "zipar", w, batch, cfg, graphs, compiled))
-            out.append(Case(f"{label} raster", suite, raster_model, "raster", None, batch, cfg, graphs, compiled))
+                out.append(Case(f"{label} zipar-{w}", suite, raster_model, "zipar", w, batch, cfg, graphs))
+            out.append(Case(f"{label} raster", suite, raster_model, "raster", None, batch, cfg, graphs))
     return out
 
 

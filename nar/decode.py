@@ -63,6 +63,11 @@ class StepPlan:
                            for k, v in self.__dict__.items()})
 
 
+# One cache slot more than a plan reads: the last step's keys are then a slice of the cache, like
+# every other step's, not all of it (torch.compile would specialise a graph for that step alone).
+SPARE_SLOTS = 1
+
+
 @dataclass
 class DecodePlan:
     kind: str
@@ -70,6 +75,11 @@ class DecodePlan:
     cache_len: int
     steps: list[StepPlan]
     prefix_len: int = 1
+
+    @property
+    def cache_slots(self) -> int:
+        """KV-cache length a decode allocates: what its steps read, and the spare slot."""
+        return self.cache_len + SPARE_SLOTS
 
     def to(self, device) -> "DecodePlan":
         return DecodePlan(self.kind, self.schedule, self.cache_len, [s.to(device) for s in self.steps],
@@ -244,11 +254,6 @@ def prefix_keys(condition: Condition, cache_len: int) -> Optional[torch.Tensor]:
     return keys_ok
 
 
-# One cache slot more than a plan reads: the last step's keys are then a slice of the cache, like
-# every other step's, not all of it (torch.compile would specialise a graph for that step alone).
-SPARE_SLOTS = 1
-
-
 def new_state(model: Transformer, plan: DecodePlan, condition: Condition | torch.Tensor,
               sampling: SamplingConfig) -> DecodeState:
     device = model.tok_embeddings.weight.device
@@ -258,7 +263,7 @@ def new_state(model: Transformer, plan: DecodePlan, condition: Condition | torch
     return DecodeState(batch=batch, condition=rows, keys_ok=prefix_keys(rows, plan.cache_len),
                        seeds=sampling.seed + torch.arange(batch, device=device),
                        grid=torch.full((batch, plan.schedule.num_tokens), -1, dtype=torch.long, device=device),
-                       caches=model.new_caches(rows.batch, plan.cache_len + SPARE_SLOTS))
+                       caches=model.new_caches(rows.batch, plan.cache_slots))
 
 
 def load_condition(state: DecodeState, condition: Condition) -> None:

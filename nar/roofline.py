@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .decode import SPARE_SLOTS, compile_plan
+from .decode import compile_plan
 from .model import Transformer
 from .schedules import Schedule
 
@@ -87,7 +87,7 @@ def memory_bytes(model: Transformer, schedule: Schedule, batch: int, cfg: bool) 
     c = model.config
     elem = model.tok_embeddings.weight.element_size()
     seqs = batch * (2 if cfg else 1)
-    cache_len = compile_plan(c.kind, schedule, c.prefix_len).cache_len + SPARE_SLOTS
+    cache_len = compile_plan(c.kind, schedule, c.prefix_len).cache_slots
     return {"weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
             "kv_cache_bytes": 2 * c.n_blocks * seqs * (c.n_kv_head or c.n_head) * cache_len * c.head_dim * elem}
 

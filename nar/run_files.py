@@ -70,6 +70,22 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, model: Transformer, save
             optimizer.state[param] = {k: v.to(param.device) if k != "step" else v for k, v in st.items()}
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl, oldest first; a line that is not a JSON object (one a
+    kill cut short) is skipped; no file, no records."""
+    path = Path(run_dir) / "metrics.jsonl"
+    records = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
 def trim_metrics(path: Path, step: int) -> None:
     """Before a resumed run appends to metrics.jsonl: drop what the stopped run logged after its
     last checkpoint (those steps run again) and a last line a kill cut short."""

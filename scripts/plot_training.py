@@ -1,28 +1,21 @@
 """Training curves of runs side by side: the training loss (smoothed) and the held-out loss of
 each run's metrics.jsonl (what `python -m nar.train` writes), one colour per run.
 
-    python scripts/plot_training.py runs/video2_nar runs/video2_raster --labels NAR,raster \
+    python scripts/plot_training.py runs/video_nar_stage2 runs/video_raster_stage2 --labels NAR,raster \
         --title "video models, stage 2" --out assets/video_training_curves_stage2.png
 """
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from nar.run_files import read_metrics  # noqa: E402
+
 COLORS = ("#e8590c", "#7f7f7f", "#1f77b4", "#2f9e44")
-
-
-def read_metrics(run: Path) -> list[dict]:
-    rows = []
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue   # a line cut by a kill
-    return rows
 
 
 def smooth(values: list[float], width: int = 10) -> list[float]:

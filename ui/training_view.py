@@ -14,6 +14,7 @@ import pandas as pd
 from safetensors import safe_open
 
 from nar.finetune import FineTuneJob, read_run_file
+from nar.run_files import read_metrics
 from nar.uploads import UploadReport
 
 THUMBS_PER_CLASS = 6        # one row of the gallery per class
@@ -204,14 +205,11 @@ def disk_view(run_dir: Path) -> RunView:
 def read_losses(run_dir: Path) -> list[tuple[int, float]]:
     """(step, loss) of the run's metrics log (nar.train writes it); unreadable lines skipped."""
     losses = []
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            try:
-                record = json.loads(line)
-                losses.append((int(record["step"]), float(record["loss"])))
-            except (ValueError, KeyError, TypeError):
-                continue
+    for record in read_metrics(run_dir):
+        try:
+            losses.append((int(record["step"]), float(record["loss"])))
+        except (ValueError, KeyError, TypeError):
+            continue
     return losses
 
 
